@@ -1,0 +1,324 @@
+"""Envelopes to bytes and back: msgpack via msgspec, nothing else.
+
+Wire format (msgpack maps; receivers ignore keys they do not know, so later versions
+can add keys without breaking older peers):
+
+* request  ``{"v": 1, "workflow_id": str, "args": {...}, "meta": {...}?}``
+* reply    ``{"v": 1, "workflow_id": str, "return_args": {...}}``
+* error    ``{"v": 1, "workflow_id": str, "error": {"type": str, "message": str}}``
+* publish  one frame: the topic as a msgpack str, then a request envelope. SUB sockets
+  filter on the leading bytes, and a msgpack str carries its length in its header, so
+  topic ``"orders"`` never matches ``"orders_eu"``.
+
+``v`` changes only for an incompatible change; a receiver rejects versions it does not
+know. ``meta`` is room for metadata that travels with a request (deadlines, tracing).
+
+Decoding a request validates its ``args`` against the connection's compiled model in
+the same msgspec pass, and restores ``Decimal``, ``UUID``, ``bytes``, sets and tuples.
+Nothing is ever unpickled: msgpack has no code-bearing types and no ext hook is set.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final, NamedTuple
+
+import msgspec
+
+from .errors import DecodeError
+from .validation import Node, Validator, build_converter
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "ENVELOPE_VERSION",
+    "MessageCodec",
+    "PublishCodec",
+    "Reply",
+    "Request",
+    "topic_prefix",
+]
+
+ENVELOPE_VERSION: Final = 1
+DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
+
+class ErrorInfo(msgspec.Struct):
+    type: str
+    message: str
+
+
+class _Loose(msgspec.Struct):
+    """Just enough of an envelope to answer a request whose args did not validate."""
+
+    workflow_id: Any = ""
+
+
+class Request(NamedTuple):
+    args: Any
+    workflow_id: str
+    meta: dict[str, Any] | None
+
+
+class Reply(NamedTuple):
+    return_args: Any
+    error: ErrorInfo | None
+    workflow_id: str
+
+
+_ENCODER = msgspec.msgpack.Encoder()
+_LOOSE = msgspec.msgpack.Decoder(_Loose)
+
+_MSG_PATTERNS = (
+    (re.compile(r"^Expected `(.+?)`, got `(.+?)`$"), "expected {0}, got {1}"),
+    (re.compile(r"^Object missing required field `(.+?)`$"), "missing required key '{0}'"),
+    (re.compile(r"^Object contains unknown field `(.+?)`$"), "unexpected key '{0}'"),
+)
+
+
+def _split_msgspec_error(text: str) -> tuple[str, str]:
+    """``"Expected `int`, got `str` - at `$.args.qty`"`` -> (message, path)."""
+    message, sep, path = text.rpartition(" - at `")
+    if not sep:
+        return text, "$"
+    return message, path.rstrip("`")
+
+
+def _translate(text: str, field: str) -> tuple[str, bool]:
+    """Rewrite a msgspec error about ``$.<field>...`` in the framework's words.
+
+    Returns ``(detail, inside)`` where ``inside`` says whether the error is about the
+    payload (``args``/``return_args``) rather than the envelope around it.
+    """
+    message, path = _split_msgspec_error(text)
+    root = f"$.{field}"
+    inside = path == root or path.startswith((root + ".", root + "["))
+    if inside:
+        path = "$" + path[len(root) :]
+    for pattern, template in _MSG_PATTERNS:
+        match = pattern.match(message)
+        if match:
+            message = template.format(*match.groups())
+            break
+    return f"{message} at {path}", inside
+
+
+def encode(obj: Any) -> bytes:
+    """msgpack-encode a plain value; unencodable values raise :class:`TypeError`."""
+    return _ENCODER.encode(obj)
+
+
+def encode_error(error_type: str, message: str, workflow_id: str) -> bytes:
+    return _ENCODER.encode(
+        {
+            "v": ENVELOPE_VERSION,
+            "workflow_id": workflow_id,
+            "error": {"type": error_type, "message": message},
+        }
+    )
+
+
+def topic_prefix(topic: str) -> bytes:
+    """The leading bytes of every frame published on ``topic`` (its msgpack str form)."""
+    return _ENCODER.encode(topic)
+
+
+def split_topic(frame: bytes) -> int:
+    """Length of the msgpack str at the start of ``frame``; -1 if there is none."""
+    if not frame:
+        return -1
+    head = frame[0]
+    if 0xA0 <= head <= 0xBF:
+        size = 1 + (head & 0x1F)
+    elif head == 0xD9 and len(frame) >= 2:
+        size = 2 + frame[1]
+    elif head == 0xDA and len(frame) >= 3:
+        size = 3 + int.from_bytes(frame[1:3], "big")
+    elif head == 0xDB and len(frame) >= 5:
+        size = 5 + int.from_bytes(frame[1:5], "big")
+    else:
+        return -1
+    return size if size <= len(frame) else -1
+
+
+class _Decoding:
+    """A typed decoder for one envelope shape plus the converter back to plain dicts."""
+
+    __slots__ = ("convert", "decoder", "field", "validator")
+
+    def __init__(
+        self, envelope: type[msgspec.Struct], node: Node, field: str, validator: Validator
+    ):
+        # Envelope structs are built at run time; read their fields as Any.
+        self.decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(envelope)
+        self.convert = build_converter(node)
+        self.field = field
+        self.validator = validator
+
+    def fail(self, exc: Exception) -> Exception:
+        if isinstance(exc, msgspec.ValidationError):
+            detail, inside = _translate(str(exc), self.field)
+            if inside:
+                return self.validator.error_from_detail(detail)
+            return DecodeError(f"malformed envelope: {detail}")
+        if isinstance(exc, msgspec.DecodeError):
+            return DecodeError(f"not a msgpack message: {exc}")
+        return DecodeError(f"undecodable message: {type(exc).__name__}: {exc}")
+
+
+class MessageCodec:
+    """Requests and replies for one request/reply connection.
+
+    Built once at start-up from the connection's compiled models; the per-message
+    methods do a dict literal plus one msgspec call each way.
+    """
+
+    __slots__ = ("_reply", "_request", "max_bytes")
+
+    def __init__(
+        self,
+        args: Validator,
+        returns: Validator,
+        *,
+        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.max_bytes = max_bytes
+        args_type = args.node.wire()
+        request = msgspec.defstruct(
+            "RequestEnvelope",
+            [
+                ("args", args_type),
+                ("v", int, ENVELOPE_VERSION),
+                ("workflow_id", str, ""),
+                ("meta", dict[str, Any] | None, None),
+            ],
+        )
+        return_type = returns.node.wire()
+        reply = msgspec.defstruct(
+            "ReplyEnvelope",
+            [
+                ("v", int, ENVELOPE_VERSION),
+                ("workflow_id", str, ""),
+                ("return_args", return_type | msgspec.UnsetType, msgspec.UNSET),
+                ("error", ErrorInfo | None, None),
+            ],
+        )
+        self._request = _Decoding(request, args.node, "args", args)
+        self._reply = _Decoding(reply, returns.node, "return_args", returns)
+
+    # ---- requests
+    @staticmethod
+    def encode_request(args: Any, workflow_id: str, meta: dict[str, Any] | None = None) -> bytes:
+        if meta is None:
+            return _ENCODER.encode(
+                {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "args": args}
+            )
+        return _ENCODER.encode(
+            {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "args": args, "meta": meta}
+        )
+
+    def decode_request(self, frame: bytes | memoryview) -> Request:
+        """Decode and validate a request; raises :class:`DecodeError` or
+        :class:`ValidationError` (both carry a message fit for an error reply)."""
+        if len(frame) > self.max_bytes:
+            raise DecodeError(
+                f"message of {len(frame)} bytes exceeds the {self.max_bytes}-byte cap"
+            )
+        d = self._request
+        try:
+            env = d.decoder.decode(frame)
+        except Exception as exc:
+            raise d.fail(exc) from None
+        if env.v != ENVELOPE_VERSION:
+            raise DecodeError(f"unsupported envelope version {env.v} (this side speaks 1)")
+        args = env.args if d.convert is None else d.convert(env.args)
+        return Request(args, env.workflow_id, env.meta)
+
+    @staticmethod
+    def workflow_id_of(frame: bytes | memoryview) -> str:
+        """Best-effort workflow id of a frame that failed to decode ('' if none)."""
+        try:
+            wid = _LOOSE.decode(frame).workflow_id
+        except Exception:
+            return ""
+        return wid if isinstance(wid, str) else ""
+
+    # ---- replies
+    @staticmethod
+    def encode_reply(return_args: Any, workflow_id: str) -> bytes:
+        return _ENCODER.encode(
+            {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "return_args": return_args}
+        )
+
+    encode_error = staticmethod(encode_error)
+
+    def decode_reply(self, frame: bytes | memoryview) -> Reply:
+        if len(frame) > self.max_bytes:
+            raise DecodeError(f"reply of {len(frame)} bytes exceeds the {self.max_bytes}-byte cap")
+        d = self._reply
+        try:
+            env = d.decoder.decode(frame)
+        except Exception as exc:
+            raise d.fail(exc) from None
+        if env.v != ENVELOPE_VERSION:
+            raise DecodeError(f"unsupported envelope version {env.v} (this side speaks 1)")
+        if env.error is not None:
+            return Reply(None, env.error, env.workflow_id)
+        ret = env.return_args
+        if ret is msgspec.UNSET:
+            raise DecodeError("reply has neither return_args nor error")
+        return Reply(ret if d.convert is None else d.convert(ret), None, env.workflow_id)
+
+
+class PublishCodec:
+    """Frames for one publish/subscribe connection (see the module docstring)."""
+
+    __slots__ = ("_any_topic", "_decoding", "max_bytes", "prefix")
+
+    def __init__(
+        self, args: Validator, topic: str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    ) -> None:
+        self.prefix = topic_prefix(topic)
+        self._any_topic = not topic
+        self.max_bytes = max_bytes
+        envelope = msgspec.defstruct(
+            "PublishEnvelope",
+            [
+                ("args", args.node.wire()),
+                ("v", int, ENVELOPE_VERSION),
+                ("workflow_id", str, ""),
+                ("meta", dict[str, Any] | None, None),
+            ],
+        )
+        self._decoding = _Decoding(envelope, args.node, "args", args)
+
+    def encode(self, args: Any, workflow_id: str) -> bytes:
+        return self.prefix + _ENCODER.encode(
+            {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "args": args}
+        )
+
+    def decode(self, frame: bytes) -> Request:
+        """Decode a frame received on a SUB socket subscribed to this codec's topic
+        (an empty topic receives every topic, so the prefix is read from the frame)."""
+        if len(frame) > self.max_bytes:
+            raise DecodeError(
+                f"message of {len(frame)} bytes exceeds the {self.max_bytes}-byte cap"
+            )
+        if self._any_topic:
+            start = split_topic(frame)
+            if start < 0:
+                raise DecodeError("frame does not start with a msgpack topic string")
+        else:
+            start = len(self.prefix)  # the SUB socket only delivers frames with this prefix
+        d = self._decoding
+        try:
+            env = d.decoder.decode(memoryview(frame)[start:])
+        except Exception as exc:
+            raise d.fail(exc) from None
+        if env.v != ENVELOPE_VERSION:
+            raise DecodeError(f"unsupported envelope version {env.v} (this side speaks 1)")
+        args = env.args if d.convert is None else d.convert(env.args)
+        return Request(args, env.workflow_id, env.meta)
+
+    def workflow_id_of(self, frame: bytes) -> str:
+        start = split_topic(frame)
+        return "" if start < 0 else MessageCodec.workflow_id_of(memoryview(frame)[start:])

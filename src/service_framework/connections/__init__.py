@@ -1,0 +1,36 @@
+"""Connection types, by the ``connection_type`` names models use."""
+
+from __future__ import annotations
+
+from .base import Connection, InboundConnection, OutboundConnection
+from .external_target import ExternalTarget
+from .publisher import Publisher
+from .replyer import Replyer
+from .requester import Requester
+from .subscriber import Subscriber
+
+__all__ = [
+    "CONNECTION_TYPES",
+    "Connection",
+    "InboundConnection",
+    "OutboundConnection",
+    "connection_type",
+    "register",
+]
+
+CONNECTION_TYPES: dict[str, type[Connection]] = {}
+
+
+def register(kind: type[Connection]) -> type[Connection]:
+    """Make ``kind`` available to models under its ``type_name`` and aliases."""
+    for name in (kind.type_name, *kind.type_aliases):
+        CONNECTION_TYPES[name] = kind
+    return kind
+
+
+for _kind in (Replyer, Subscriber, Requester, Publisher, ExternalTarget):
+    register(_kind)
+
+
+def connection_type(name: str) -> type[Connection] | None:
+    return CONNECTION_TYPES.get(name)

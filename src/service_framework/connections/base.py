@@ -1,0 +1,252 @@
+"""The one small interface every connection type implements.
+
+A connection type is a class that states, as class attributes, what it needs:
+
+* ``type_name`` (and ``type_aliases``) - the ``connection_type`` string in a model;
+* ``side`` - ``"in"`` (the loop feeds it messages) or ``"out"`` (``to_send`` uses it);
+* ``address_keys`` - the keys its addresses entry must have (empty: no sockets);
+* ``required_creation_arguments`` / ``optional_creation_arguments`` - name -> type spec,
+  plus ``creation_argument_aliases`` (old name -> name) and
+  ``ignored_creation_arguments`` (accepted for 0.0.20 files, no effect);
+* ``has_reply`` - whether return models apply.
+
+and implements :meth:`Connection.open` / :meth:`Connection.close`, then either
+:meth:`InboundConnection.readers` (sockets for the loop to poll, each with a callback
+that drains it) or :meth:`OutboundConnection.send`. The loop never asks which type a
+connection is, so a new type (PUSH/PULL, an HTTP target, a broker) is a new module
+registered in ``connections/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import zmq
+
+from ..errors import ValidationError
+from ..transport import SocketOptions, bind_or_connect, parse_endpoints
+from ..workflow import Flow, current_flow
+
+if TYPE_CHECKING:
+    from ..models import ConnectionModel
+    from ..security import Curve
+
+__all__ = [
+    "Connection",
+    "ConnectionEnv",
+    "ConnectionStats",
+    "InboundConnection",
+    "OutboundConnection",
+    "RunState",
+]
+
+ToSend = Callable[[str, Any], Any]
+
+
+class RunState:
+    """Shared, mutable run flags; ``stopping`` is read between messages."""
+
+    __slots__ = ("stopping",)
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    def stopped(self) -> bool:
+        return self.stopping
+
+
+@dataclass
+class ConnectionStats:
+    """Per-connection counters, readable while the service runs and logged at exit."""
+
+    received: int = 0  # frames taken off the socket (or calls made, outbound)
+    handled: int = 0  # handler (or peer) completed successfully
+    failed: int = 0  # the handler raised / the call failed
+    rejected: int = 0  # undecodable or invalid input, answered with an error or dropped
+    timeouts: int = 0  # outbound attempts that got no reply in time
+    retries: int = 0  # outbound attempts repeated on a fresh socket
+    peers_connected: int = 0  # connections established (socket monitor)
+    peers_disconnected: int = 0  # connections lost, e.g. a heartbeat timed out
+
+
+@dataclass
+class ConnectionEnv:
+    """What the runtime gives every connection."""
+
+    service: str
+    config: Mapping[str, Any]
+    context: zmq.Context[Any] | None
+    state: RunState
+    to_send: ToSend
+    curve: Curve | None = None
+    debug: bool = False
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("service_framework"))
+
+
+class Connection:
+    """Base of every connection type (see the module docstring)."""
+
+    type_name: ClassVar[str]
+    type_aliases: ClassVar[tuple[str, ...]] = ()
+    side: ClassVar[str]
+    address_keys: ClassVar[tuple[str, ...]] = ()
+    required_creation_arguments: ClassVar[dict[str, object]] = {}
+    optional_creation_arguments: ClassVar[dict[str, object]] = {}
+    creation_argument_aliases: ClassVar[dict[str, str]] = {}
+    ignored_creation_arguments: ClassVar[frozenset[str]] = frozenset()
+    has_reply: ClassVar[bool] = False
+    binds: ClassVar[bool] = False  # default for the connection's socket
+
+    def __init__(self, model: ConnectionModel, env: ConnectionEnv) -> None:
+        self.model = model
+        self.env = env
+        self.name = model.name
+        self.stats = ConnectionStats()
+        self.socket_options = SocketOptions.from_mapping(
+            model.creation_arguments.get("socket_options")
+        )
+        self.endpoints: list[str] = []
+
+    @classmethod
+    def prepare(
+        cls, creation_arguments: dict[str, Any], namespace: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Check and normalise creation arguments at model-parse time (start-up).
+
+        Raise ``ValueError`` with a message naming the argument; the caller adds the
+        service and connection. ``namespace`` is the service module's globals.
+        """
+        if "socket_options" in creation_arguments:
+            SocketOptions.from_mapping(creation_arguments["socket_options"])
+        return creation_arguments
+
+    def binding(self) -> bool:
+        """Whether this connection binds (True) or connects (False)."""
+        return self.binds
+
+    def where(self, key: str | None = None) -> str:
+        suffix = f", address key '{key}'" if key else ""
+        return f"{self.env.service}: connection '{self.name}'{suffix}"
+
+    def open(self, addresses: Mapping[str, Any]) -> None:
+        """Create sockets and bind/connect them. ``addresses`` is this connection's
+        entry of the addresses file (validated to hold ``address_keys``)."""
+
+    def close(self) -> None:
+        """Close sockets (bounded linger). Safe to call twice."""
+
+    def sockets(self) -> Sequence[zmq.Socket[Any]]:
+        """Every socket this connection owns (for monitoring)."""
+        return ()
+
+    def _socket(self, kind: int, addresses: Mapping[str, Any], key: str) -> zmq.Socket[Any]:
+        """A new socket of ``kind`` with the safe defaults, security, bound or connected."""
+        bind = self.binding()
+        endpoints = parse_endpoints(addresses[key], bind=bind, where=self.where(key))
+        assert self.env.context is not None, "sockets need the runtime's zmq context"
+        sock: zmq.Socket[Any] = self.env.context.socket(kind)
+        try:
+            self.socket_options.apply(sock)
+            if self.env.curve is not None:
+                if bind:
+                    self.env.curve.make_server(sock)
+                else:
+                    self.env.curve.make_client(sock, addresses, where=self.where())
+            self.endpoints = bind_or_connect(sock, endpoints, bind=bind, where=self.where(key))
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        return sock
+
+    def __repr__(self) -> str:
+        where = ", ".join(self.endpoints) or "not open"
+        return f"<{type(self).__name__} {self.env.service}.{self.name} ({where})>"
+
+
+class InboundConnection(Connection):
+    """A connection the service loop feeds: it owns a handler and one or more sockets."""
+
+    side = "in"
+    # Messages taken from one socket per poll before the loop looks at the others.
+    batch: ClassVar[int] = 64
+
+    def __init__(self, model: ConnectionModel, env: ConnectionEnv) -> None:
+        super().__init__(model, env)
+        self.handler: Callable[[Any, ToSend, Mapping[str, Any]], Any] = model.creation_arguments[
+            "connection_function"
+        ]
+
+    def readers(self) -> Sequence[tuple[zmq.Socket[Any], Callable[[], None]]]:
+        """``(socket, drain)`` pairs: the loop calls ``drain()`` when the socket is readable;
+        ``drain`` handles up to ``batch`` messages and returns."""
+        raise NotImplementedError
+
+    def invoke(self, args: Any, workflow_id: str) -> Any:
+        """Run the handler with the message's workflow id as the current flow."""
+        token = current_flow.set(Flow(workflow_id))
+        try:
+            return self.handler(args, self.env.to_send, self.env.config)
+        finally:
+            current_flow.reset(token)
+
+    def log_rejected(self, error: Exception, workflow_id: str) -> None:
+        self.stats.rejected += 1
+        self.env.log.warning(
+            "%s: connection '%s' rejected a message [%s]: %s",
+            self.env.service,
+            self.name,
+            workflow_id or "-",
+            error,
+        )
+
+    def log_failed(self, error: BaseException, workflow_id: str) -> None:
+        self.stats.failed += 1
+        token = current_flow.set(Flow(workflow_id))
+        try:
+            self.env.log.error(
+                "%s: handler of connection '%s' raised %s: %s",
+                self.env.service,
+                self.name,
+                type(error).__name__,
+                error,
+                exc_info=error,
+            )
+        finally:
+            current_flow.reset(token)
+
+    @staticmethod
+    def drain_multipart(sock: zmq.Socket[Any]) -> int:
+        """Discard the remaining frames of a multipart message; returns how many."""
+        extra = 0
+        while sock.getsockopt(zmq.RCVMORE):
+            sock.recv()
+            extra += 1
+        return extra
+
+
+class OutboundConnection(Connection):
+    """A connection ``to_send`` uses. ``send`` validates, delivers, and returns the
+    validated reply (or ``None`` for types without one). It must be thread-safe."""
+
+    side = "out"
+
+    def __init__(self, model: ConnectionModel, env: ConnectionEnv) -> None:
+        super().__init__(model, env)
+        self.lock = threading.Lock()
+
+    def send(self, args: Any, workflow_id: str) -> Any:
+        raise NotImplementedError
+
+    def unencodable(self, error: Exception) -> ValidationError:
+        """The error for args that validated but have no msgpack form (e.g. an object
+        inside a value declared as a bare ``dict``)."""
+        return ValidationError(
+            f"cannot be encoded as msgpack: {error}",
+            service=self.env.service,
+            connection=self.name,
+            direction="args",
+        )

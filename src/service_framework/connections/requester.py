@@ -1,0 +1,171 @@
+"""``requester``: sends a request and waits for the reply. A REQ socket that connects.
+
+The Lazy Pirate pattern: each attempt waits at most ``timeout_s`` for the reply; on a
+timeout the socket is closed (linger 0) and a fresh one is connected, and the request is
+sent again, up to ``retries`` more times. Then ``to_send`` raises
+:class:`~service_framework.errors.RequestTimeout`. A fresh socket has a new identity, so
+a late reply to an abandoned attempt can never be read as the answer to a later request,
+and the connection is usable again right after any failure.
+
+A retried request may run twice on the replyer (at-least-once): make handlers that are
+retried idempotent, or keep ``retries`` at 0 (the default).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import zmq
+
+from ..codec import MessageCodec
+from ..errors import DecodeError, RemoteError, RequestTimeout, ValidationError
+from .base import ConnectionEnv, OutboundConnection
+
+__all__ = ["Requester"]
+
+
+class Requester(OutboundConnection):
+    type_name = "requester"
+    address_keys = ("requester",)
+    has_reply = True
+    optional_creation_arguments = {
+        "timeout_s": int | float,
+        "retries": int,
+        "socket_options": dict,
+    }
+
+    DEFAULT_TIMEOUT_S = 10.0
+
+    def __init__(self, model: Any, env: ConnectionEnv) -> None:
+        super().__init__(model, env)
+        assert model.returns is not None
+        args = model.creation_arguments
+        self.timeout_s = float(args.get("timeout_s", self.DEFAULT_TIMEOUT_S))
+        self.retries = int(args.get("retries", 0))
+        self.codec = MessageCodec(
+            model.args, model.returns, max_bytes=self.socket_options.max_message_bytes
+        )
+        self._check_args = model.args.check
+        self._args_error = model.args.error
+        self._check_return = model.returns.check
+        self._return_error = model.returns.error
+        self._addresses: Mapping[str, Any] = {}
+        self.socket: zmq.Socket[Any] | None = None
+
+    @classmethod
+    def prepare(
+        cls, creation_arguments: dict[str, Any], namespace: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        timeout = creation_arguments.get("timeout_s", cls.DEFAULT_TIMEOUT_S)
+        if not timeout > 0:
+            raise ValueError(f"creation argument 'timeout_s' must be > 0, got {timeout!r}")
+        retries = creation_arguments.get("retries", 0)
+        if retries < 0:
+            raise ValueError(f"creation argument 'retries' must be >= 0, got {retries!r}")
+        return super().prepare(creation_arguments, namespace)
+
+    def open(self, addresses: Mapping[str, Any]) -> None:
+        self._addresses = addresses
+        self.socket = self._fresh_socket()
+
+    def _fresh_socket(self) -> zmq.Socket[Any]:
+        sock = self._socket(zmq.REQ, self._addresses, "requester")
+        timeout_ms = max(1, int(self.timeout_s * 1000))
+        sock.setsockopt(zmq.IMMEDIATE, 1)
+        sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
+        sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        return sock
+
+    def close(self) -> None:
+        with self.lock:
+            if self.socket is not None:
+                self.socket.close(linger=0)  # a pending request has no one to answer it
+                self.socket = None
+
+    def sockets(self) -> Sequence[zmq.Socket[Any]]:
+        return () if self.socket is None else (self.socket,)
+
+    def send(self, args: Any, workflow_id: str) -> Any:
+        if not self._check_args(args):
+            raise self._args_error(args)
+        try:
+            frame = self.codec.encode_request(args, workflow_id)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self.unencodable(exc) from None
+        if self.env.debug:
+            self.env.log.debug("%s: sending on '%s' [%s]", self.env.service, self.name, workflow_id)
+        attempts = self.retries + 1
+        # Waiting for the lock counts against the caller's time budget too.
+        if not self.lock.acquire(timeout=self.timeout_s * attempts):
+            raise RequestTimeout(
+                f"{self.env.service}: connection '{self.name}' stayed busy for "
+                f"{self.timeout_s * attempts:g}s (another thread is waiting on it)"
+            )
+        try:
+            reply = self._exchange(frame, attempts)
+        finally:
+            self.lock.release()
+        return self._result(reply, workflow_id)
+
+    def _exchange(self, frame: bytes, attempts: int) -> bytes:
+        stats = self.stats
+        for attempt in range(attempts):
+            sock = self.socket
+            if sock is None:
+                raise RuntimeError(f"{self.env.service}: connection '{self.name}' is closed")
+            stats.received += 1
+            if attempt:
+                stats.retries += 1
+            try:
+                started = time.monotonic()
+                sock.send(frame)
+                waited = time.monotonic() - started
+                if waited > 0.001:
+                    # The send waited for a connection; only the rest of this attempt's
+                    # budget is left for the reply.
+                    sock.setsockopt(zmq.RCVTIMEO, max(1, int((self.timeout_s - waited) * 1000)))
+                    reply = sock.recv()
+                    sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
+                else:
+                    reply = sock.recv()
+                while sock.getsockopt(zmq.RCVMORE):  # a misbehaving peer; keep frame one
+                    sock.recv()
+                return reply
+            except zmq.Again:
+                stats.timeouts += 1
+                self.env.log.warning(
+                    "%s: connection '%s' got no reply within %gs (attempt %d of %d)",
+                    self.env.service,
+                    self.name,
+                    self.timeout_s,
+                    attempt + 1,
+                    attempts,
+                )
+                # Lazy Pirate: abandon the socket (and any late reply) and start afresh.
+                sock.close(linger=0)
+                self.socket = None
+                self.socket = self._fresh_socket()
+        raise RequestTimeout(
+            f"{self.env.service}: connection '{self.name}' got no reply after {attempts} "
+            f"attempt(s) of {self.timeout_s:g}s each ({', '.join(self.endpoints)})"
+        )
+
+    def _result(self, reply: bytes, workflow_id: str) -> Any:
+        try:
+            decoded = self.codec.decode_reply(reply)
+        except (DecodeError, ValidationError):
+            self.stats.failed += 1
+            raise
+        if decoded.error is not None:
+            self.stats.failed += 1
+            raise RemoteError(
+                decoded.error.type,
+                decoded.error.message,
+                connection=f"{self.env.service}: connection '{self.name}'",
+                workflow_id=workflow_id,
+            )
+        result = decoded.return_args
+        self.stats.handled += 1
+        return result

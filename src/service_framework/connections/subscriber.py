@@ -1,0 +1,94 @@
+"""``subscriber``: receives published messages. A SUB socket that connects (or binds,
+with ``is_binder: True``, so many publishers can connect to one subscriber).
+
+Only messages on ``topic`` arrive (empty or absent: every topic). A message that does not
+decode or validate is dropped with a log line and counted; it never reaches the handler
+and never stops the messages behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import zmq
+
+from ..codec import PublishCodec
+from ..errors import DecodeError, ValidationError
+from .base import ConnectionEnv, InboundConnection
+
+__all__ = ["Subscriber"]
+
+
+class Subscriber(InboundConnection):
+    type_name = "subscriber"
+    address_keys = ("subscriber",)
+    required_creation_arguments = {"connection_function": Callable}
+    optional_creation_arguments = {"topic": str, "is_binder": bool, "socket_options": dict}
+    # 0.0.20 validated `connection_function` but read `on_new_message`; accept either.
+    creation_argument_aliases = {"on_new_message": "connection_function"}
+    batch = 256
+
+    def __init__(self, model: Any, env: ConnectionEnv) -> None:
+        super().__init__(model, env)
+        self.topic: str = model.creation_arguments.get("topic") or ""
+        self.codec = PublishCodec(
+            model.args, self.topic, max_bytes=self.socket_options.max_message_bytes
+        )
+        self.socket: zmq.Socket[Any] | None = None
+
+    def binding(self) -> bool:
+        return bool(self.model.creation_arguments.get("is_binder", False))
+
+    def open(self, addresses: Mapping[str, Any]) -> None:
+        sock = self._socket(zmq.SUB, addresses, "subscriber")
+        sock.setsockopt(zmq.SUBSCRIBE, self.codec.prefix if self.topic else b"")
+        self.socket = sock
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=0)  # nothing to flush on a SUB socket
+            self.socket = None
+
+    def sockets(self) -> Sequence[zmq.Socket[Any]]:
+        return () if self.socket is None else (self.socket,)
+
+    def readers(self) -> Sequence[tuple[zmq.Socket[Any], Callable[[], None]]]:
+        assert self.socket is not None
+        return ((self.socket, self.drain),)
+
+    def drain(self) -> None:
+        sock = self.socket
+        assert sock is not None
+        state = self.env.state
+        stats = self.stats
+        decode = self.codec.decode
+        invoke = self.invoke
+        debug = self.env.debug
+        for _ in range(self.batch):
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            stats.received += 1
+            if sock.getsockopt(zmq.RCVMORE):
+                self.drain_multipart(sock)
+                self.log_rejected(DecodeError("a published message must be a single frame"), "")
+                continue
+            try:
+                message = decode(frame)
+            except (DecodeError, ValidationError) as error:
+                self.log_rejected(error, self.codec.workflow_id_of(frame))
+                continue
+            if debug:
+                self.env.log.debug(
+                    "%s: handling '%s' [%s]", self.env.service, self.name, message.workflow_id
+                )
+            try:
+                invoke(message.args, message.workflow_id)
+            except Exception as error:
+                self.log_failed(error, message.workflow_id)
+            else:
+                stats.handled += 1
+            if state.stopping:
+                return

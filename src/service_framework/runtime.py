@@ -1,0 +1,518 @@
+"""Run one service over sockets: connections, the loop, main mode, signals, shutdown.
+
+Start-up (:meth:`ServiceRuntime.start`): load the module, run the config and model
+hooks (``loader.prepare_service``), ``setup_addresses``, create the zmq context (and the
+CURVE authenticator), open every connection. :meth:`ServiceRuntime.run` then installs
+signal handlers, runs ``init_function``, and either serves (the loop) or runs ``main``
+in the foreground while the loop serves inbound connections in a background thread.
+
+Shutdown, on SIGINT/SIGTERM, ``stop()``, or ``main`` returning: the loop stops taking
+new messages and finishes (and replies to) the one in flight; the service's own signal
+handler runs; sockets close with a bounded linger; the context terminates under a
+watchdog. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import FrameType, ModuleType
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .config import validate_addresses_shape
+from .connections.base import (
+    Connection,
+    ConnectionEnv,
+    ConnectionStats,
+    InboundConnection,
+    OutboundConnection,
+    RunState,
+)
+from .errors import AddressError, HookError, StartupError, UnknownConnectionError
+from .loader import PreparedService, call_hook, load_module, prepare_service
+from .security import Curve
+from .workflow import outgoing_id
+
+__all__ = ["RunOptions", "Sender", "ServiceRuntime"]
+
+LOG = logging.getLogger("service_framework.runtime")
+
+_POLL_MS = 1000  # the loop re-checks its flags at least this often; the wake pipe is instant
+_MONITOR_EVENTS = (
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_ACCEPTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a service (everything but the service itself, its config and addresses)."""
+
+    main_mode: bool = False
+    min_wait_s: float = 0.0  # minimum pause between loop turns while busy (rate limit)
+    install_signals: bool = True  # only possible in the main thread
+    curve: Curve | None = None
+    stop_timeout_s: float = 10.0  # bound on finishing in-flight work at shutdown
+
+
+class Sender:
+    """The ``to_send(connection_name, args)`` function given to handlers, ``main``,
+    ``init_function`` and signal handlers."""
+
+    __slots__ = ("_names", "_out", "_service")
+
+    def __init__(self, service: str, outbound: Mapping[str, OutboundConnection]) -> None:
+        self._service = service
+        self._out = dict(outbound)
+        self._names = ", ".join(map(repr, sorted(outbound))) or "none"
+
+    def __call__(self, connection_name: str, args: Any) -> Any:
+        try:
+            connection = self._out[connection_name]
+        except (KeyError, TypeError):
+            raise UnknownConnectionError(
+                f"{self._service}: no outbound connection {connection_name!r} "
+                f"(outbound connections: {self._names})"
+            ) from None
+        return connection.send(args, outgoing_id())
+
+    def __repr__(self) -> str:
+        return f"<to_send of {self._service}: {self._names}>"
+
+
+class _Interrupted(BaseException):
+    """Raised in the main thread by the first signal while ``main``/``init`` runs."""
+
+
+class ServiceRuntime:
+    """One service, run over sockets in this process."""
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | ModuleType,
+        *,
+        config: Mapping[str, Any] | None = None,
+        addresses: Mapping[str, Any] | None = None,
+        cli_strings: Mapping[str, str] | None = None,
+        options: RunOptions | None = None,
+    ) -> None:
+        self._source = source
+        self._config = config
+        self._addresses = addresses
+        self._cli_strings = cli_strings
+        self.options = options or RunOptions()
+        self.state = RunState()
+        self.prepared: PreparedService | None = None
+        self.inbound: dict[str, InboundConnection] = {}
+        self.outbound: dict[str, OutboundConnection] = {}
+        self.to_send: Sender | None = None
+        self._context: zmq.Context[Any] | None = None
+        self._authenticator: Any = None
+        self._wake_r, self._wake_w = -1, -1
+        self._monitors: dict[zmq.Socket[Any], Connection] = {}
+        self._phase = "new"
+        self._pending_signal: tuple[int, FrameType | None] | None = None
+        self._signals_seen = 0
+        self._loop_thread: threading.Thread | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ start-up
+    @property
+    def name(self) -> str:
+        return self.prepared.name if self.prepared else "service"
+
+    def start(self) -> None:
+        """Everything up to open connections; raises :class:`StartupError` (or a
+        ``ValidationError``) with a message naming what is wrong."""
+        if self._phase != "new":
+            raise RuntimeError("a ServiceRuntime starts once")
+        self._phase = "starting"
+        module = load_module(self._source)
+        prepared = prepare_service(module, config=self._config, cli_strings=self._cli_strings)
+        self.prepared = prepared
+        addresses = self._setup_addresses(prepared)
+        self._context = zmq.Context()
+        try:
+            if self.options.curve is not None:
+                self._authenticator = self.options.curve.start(self._context)
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_w, False)
+            self._open_connections(prepared, addresses)
+        except BaseException:
+            self.close()
+            raise
+        self._phase = "ready"
+
+    def _setup_addresses(self, prepared: PreparedService) -> dict[str, dict[str, Any]]:
+        service, module = prepared.name, prepared.module
+        addresses: Any = self._addresses if self._addresses is not None else {}
+        if hasattr(module, "setup_addresses"):
+            addresses = call_hook(service, module, "setup_addresses", addresses, prepared.config)
+            if not isinstance(addresses, Mapping):
+                raise HookError(
+                    f"{service}: setup_addresses must return a dict, but returned "
+                    f"{type(addresses).__name__}: {addresses!r:.200}"
+                )
+        shaped = validate_addresses_shape(service, addresses)
+        models = prepared.models
+        for side, declared in (("in", models.inbound), ("out", models.outbound)):
+            for name in shaped[side]:
+                if name not in declared:
+                    LOG.warning(
+                        "%s: addresses give '%s' connection '%s', which the service does not "
+                        "declare; ignored",
+                        service,
+                        side,
+                        name,
+                    )
+            for name, model in declared.items():
+                keys = model.kind.address_keys
+                if not keys:
+                    continue
+                entry = shaped[side].get(name)
+                if entry is None:
+                    raise AddressError(
+                        f"{service}: connection '{name}' has no address (add "
+                        f"addresses['{side}']['{name}'] = {{'{keys[0]}': 'host:port'}})"
+                    )
+                for key in keys:
+                    if key not in entry:
+                        given = ", ".join(map(repr, entry)) or "nothing"
+                        raise AddressError(
+                            f"{service}: connection '{name}' addresses need key '{key}' "
+                            f"(got {given})"
+                        )
+                allowed = {*keys, "server_public_key"}
+                for key in entry:
+                    if key not in allowed:
+                        raise AddressError(
+                            f"{service}: connection '{name}' addresses have unknown key "
+                            f"{key!r} (allowed: {', '.join(sorted(allowed))})"
+                        )
+        return shaped
+
+    def _open_connections(
+        self, prepared: PreparedService, addresses: dict[str, dict[str, Any]]
+    ) -> None:
+        assert self._context is not None
+        debug = logging.getLogger("service_framework").isEnabledFor(logging.DEBUG)
+        env_log = logging.getLogger(f"service_framework.service.{prepared.name}")
+        outbound: dict[str, OutboundConnection] = {}
+        self.to_send = Sender(prepared.name, outbound)
+        env = ConnectionEnv(
+            service=prepared.name,
+            config=prepared.config,
+            context=self._context,
+            state=self.state,
+            to_send=self.to_send,
+            curve=self.options.curve,
+            debug=debug,
+            log=env_log,
+        )
+        for name, model in prepared.models.outbound.items():
+            out_conn = model.kind(model, env)
+            assert isinstance(out_conn, OutboundConnection)
+            outbound[name] = out_conn
+        for name, model in prepared.models.inbound.items():
+            in_conn = model.kind(model, env)
+            assert isinstance(in_conn, InboundConnection)
+            self.inbound[name] = in_conn
+        self.outbound = outbound
+        # The Sender was built before the connections existed; give it the real map.
+        self.to_send = Sender(prepared.name, outbound)
+        env.to_send = self.to_send
+        for side, group in (("in", self.inbound), ("out", self.outbound)):
+            for name, connection in group.items():
+                connection.open(addresses[side].get(name, {}))
+                for sock in connection.sockets():
+                    if connection.type_name != "requester":  # its sockets are replaced
+                        self._monitor(sock, connection)
+
+    def _monitor(self, sock: zmq.Socket[Any], connection: Connection) -> None:
+        try:
+            monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
+        except zmq.ZMQError:  # pragma: no cover - monitoring is best effort
+            return
+        self._monitors[monitor] = connection
+
+    def endpoints(self) -> dict[str, dict[str, list[str]]]:
+        """The actual endpoints per connection (binding to port 0 picks a free port)."""
+        return {
+            "in": {n: list(c.endpoints) for n, c in self.inbound.items()},
+            "out": {n: list(c.endpoints) for n, c in self.outbound.items()},
+        }
+
+    def stats(self) -> dict[str, ConnectionStats]:
+        return {n: c.stats for n, c in (*self.inbound.items(), *self.outbound.items())}
+
+    # ------------------------------------------------------------------ running
+    def run(self, on_ready: Callable[[ServiceRuntime], None] | None = None) -> int:
+        """Run until done; returns the process exit code (0 ok, 1 ``main``/``init`` raised).
+        Always closes everything it opened."""
+        if self._phase != "ready":
+            raise RuntimeError("call start() successfully before run()")
+        prepared = self.prepared
+        assert prepared is not None and self.to_send is not None
+        module, config = prepared.module, prepared.config
+        installed = self._install_signals()
+        code = 0
+        try:
+            self._phase = "init"
+            if hasattr(module, "init_function"):
+                module.init_function(self.to_send, config)
+            LOG.info("%s: ready%s", prepared.name, _describe_endpoints(self.endpoints()))
+            if on_ready is not None:
+                on_ready(self)
+            if self.options.main_mode:
+                if not hasattr(module, "main"):
+                    raise StartupError(f"{prepared.name}: main mode needs a main(to_send, config)")
+                self._loop_thread = threading.Thread(
+                    target=self._serve_safely, name=f"{prepared.name}-loop", daemon=True
+                )
+                self._loop_thread.start()
+                self._phase = "main"
+                module.main(self.to_send, config)
+            elif self.inbound:
+                self._phase = "loop"
+                self._serve()
+            else:
+                LOG.info(
+                    "%s: no inbound connections and not in main mode; nothing to serve",
+                    prepared.name,
+                )
+        except _Interrupted:
+            code = 0
+        except Exception:
+            where = (
+                "main"
+                if self._phase == "main"
+                else "init_function"
+                if self._phase == "init"
+                else "service loop"
+            )
+            LOG.exception("%s: %s raised; stopping", prepared.name, where)
+            code = 1
+        finally:
+            self._phase = "stopping"
+            self._shutdown()
+            if installed:
+                self._restore_signals(installed)
+        return code
+
+    def _serve_safely(self) -> None:
+        try:
+            self._serve()
+        except Exception:  # pragma: no cover - the loop itself catches handler errors
+            LOG.exception("%s: service loop failed", self.name)
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        drains: dict[Any, Callable[[], None]] = {}
+        for connection in self.inbound.values():
+            for sock, drain in connection.readers():
+                poller.register(sock, zmq.POLLIN)
+                drains[sock] = drain
+        for monitor, owner in self._monitors.items():
+            poller.register(monitor, zmq.POLLIN)
+            drains[monitor] = self._monitor_reader(monitor, owner)
+        wake = self._wake_r
+        poller.register(wake, zmq.POLLIN)
+        state = self.state
+        min_wait = self.options.min_wait_s
+        started = 0.0
+        while not state.stopping:
+            if min_wait:
+                started = time.monotonic()
+            ready: list[tuple[Any, int]] = poller.poll(_POLL_MS)
+            for sock, _ in ready:
+                if sock == wake:
+                    self._drain_wake()
+                    continue
+                drains[sock]()
+                if state.stopped():  # a handler (or a signal) asked to stop
+                    break
+            if min_wait and not state.stopping:
+                remaining = min_wait - (time.monotonic() - started)
+                if remaining > 0:
+                    self._pause(remaining)
+
+    def _monitor_reader(
+        self, monitor: zmq.Socket[Any], connection: Connection
+    ) -> Callable[[], None]:
+        service = self.name
+
+        def read() -> None:
+            while int(monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                try:
+                    event = recv_monitor_message(monitor, zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                kind = int(event["event"])
+                endpoint = event.get("endpoint", b"")
+                peer = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
+                if kind in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
+                    connection.stats.peers_connected += 1
+                    LOG.info(
+                        "%s: connection '%s' peer connected (%s)", service, connection.name, peer
+                    )
+                elif kind == zmq.EVENT_DISCONNECTED:
+                    connection.stats.peers_disconnected += 1
+                    LOG.warning(
+                        "%s: connection '%s' peer disconnected (%s)", service, connection.name, peer
+                    )
+                else:
+                    LOG.warning(
+                        "%s: connection '%s' rejected a peer's handshake (%s, event %s)",
+                        service,
+                        connection.name,
+                        peer,
+                        zmq.Event(kind).name,
+                    )
+
+        return read
+
+    def _pause(self, seconds: float) -> None:
+        """Sleep, but wake at once when asked to stop."""
+        poller = zmq.Poller()
+        poller.register(self._wake_r, zmq.POLLIN)
+        if poller.poll(int(seconds * 1000)):
+            self._drain_wake()
+
+    def _drain_wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self._wake_r, 4096)
+
+    # ------------------------------------------------------------------ stopping
+    def stop(self) -> None:
+        """Ask the service to stop (thread-safe; also safe from a signal handler)."""
+        self.state.stopping = True
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"x")
+
+    def _install_signals(self) -> dict[int, Any]:
+        if (
+            not self.options.install_signals
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            return {}
+        previous: dict[int, Any] = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_signal)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals_seen += 1
+        if self._signals_seen > 1:
+            LOG.warning("%s: second signal %s; exiting now", self.name, signal.Signals(signum).name)
+            os._exit(128 + signum)
+        LOG.info("%s: got %s; stopping gracefully", self.name, signal.Signals(signum).name)
+        if self._phase in ("init", "main"):
+            # No safe point to wait for: run the service's handler now, then unwind.
+            self._run_user_signal_handler(signum, frame)
+            self.stop()
+            raise _Interrupted()
+        # In the loop: finish the message in flight first; the handler runs after.
+        self._pending_signal = (signum, frame)
+        self.stop()
+
+    def _run_user_signal_handler(self, signum: int, frame: FrameType | None) -> None:
+        prepared = self.prepared
+        if prepared is None:
+            return
+        hook = "sigint_handler" if signum == signal.SIGINT else "sigterm_handler"
+        handler = getattr(prepared.module, hook, None)
+        if handler is None:
+            return
+        try:
+            handler(signum, frame, self.to_send, prepared.config)
+        except Exception:
+            LOG.exception("%s: %s raised", prepared.name, hook)
+
+    def _shutdown(self) -> None:
+        self.stop()
+        thread = self._loop_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.options.stop_timeout_s)
+            if thread.is_alive():
+                LOG.error(
+                    "%s: a handler was still running after %gs; closing anyway",
+                    self.name,
+                    self.options.stop_timeout_s,
+                )
+        if self._pending_signal is not None:
+            signum, frame = self._pending_signal
+            self._pending_signal = None
+            self._run_user_signal_handler(signum, frame)
+        self._log_stats()
+        self.close()
+
+    def _log_stats(self) -> None:
+        for name, stats in self.stats().items():
+            if stats.received or stats.rejected or stats.failed:
+                LOG.info("%s: connection '%s' %s", self.name, name, stats)
+
+    def close(self) -> None:
+        """Close every socket and the context. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        self._monitors.clear()
+        for connection in (*self.inbound.values(), *self.outbound.values()):
+            try:
+                connection.close()
+            except Exception:  # pragma: no cover - closing must go on
+                LOG.exception("%s: closing connection '%s' failed", self.name, connection.name)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+        if self._context is not None:
+            _term_with_watchdog(self._context, self.name)
+            self._context = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+
+def _describe_endpoints(endpoints: dict[str, dict[str, list[str]]]) -> str:
+    parts = [
+        f"{name}={','.join(urls)}"
+        for side in ("in", "out")
+        for name, urls in endpoints[side].items()
+        if urls
+    ]
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def _term_with_watchdog(context: zmq.Context[Any], service: str, timeout_s: float = 5.0) -> None:
+    """``ctx.term()`` blocks until every socket is closed and flushed; never let that
+    hang the process (pyzmq's own tests use the same watchdog)."""
+    thread = threading.Thread(target=context.term, name=f"{service}-term", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        LOG.error(
+            "%s: zmq context did not terminate within %gs; exiting anyway", service, timeout_s
+        )

@@ -1,0 +1,153 @@
+"""CURVE encryption and authentication for a service's sockets.
+
+With CURVE on, every socket of the service encrypts. Sockets that bind (replyer,
+publisher, a binding subscriber) are CURVE servers: only clients whose public key is in
+the ``authorized_keys`` directory may connect - a ZAP authenticator is started on the
+service's context before anything binds, so an unknown or NULL client gets no message
+through. Sockets that connect are CURVE clients and must know the server's public key:
+give it as ``server_public_key`` in that connection's addresses entry (the Z85 text, or
+a path to a ``.key`` file).
+
+Create key pairs with ``service_framework keygen DIR NAME``: it writes ``NAME.key``
+(public, shareable) and ``NAME.key_secret`` (mode 0600, never share).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from .errors import AddressError, ConfigError
+
+__all__ = ["Curve", "create_keypair", "load_public_key"]
+
+ZAP_DOMAIN = "service_framework"
+
+
+def create_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:
+    """Write ``NAME.key`` and ``NAME.key_secret`` in ``directory``; the secret file is
+    readable and writable by its owner only. Returns ``(public_file, secret_file)``."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"key name {name!r} must be a plain file name")
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    public_file, secret_file = folder / f"{name}.key", folder / f"{name}.key_secret"
+    for existing in (public_file, secret_file):
+        if existing.exists():
+            raise ConfigError(f"{existing} already exists; refusing to overwrite a key")
+    public, secret = zmq.curve_keypair()
+    # Create the secret file 0600 from the start: no moment where others can read it.
+    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(_certificate(public, secret))
+    os.chmod(secret_file, 0o600)  # in case the umask or filesystem widened it
+    public_file.write_text(_certificate(public, None))
+    return public_file, secret_file
+
+
+def _certificate(public: bytes, secret: bytes | None) -> str:
+    # The ZPL format zmq.auth.load_certificate reads.
+    lines = ["metadata", "curve", f'    public-key = "{public.decode()}"']
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode()}"')
+    return "\n".join(lines) + "\n"
+
+
+def load_public_key(value: str, *, where: str) -> bytes:
+    """A server public key from Z85 text (40 characters) or a ``.key`` file path."""
+    if len(value) == 40 and not os.path.exists(value):
+        try:
+            zmq.utils.z85.decode(value.encode())
+        except ValueError:
+            raise AddressError(f"{where}: server_public_key is not valid Z85 text") from None
+        return value.encode()
+    try:
+        public, _ = zmq.auth.load_certificate(value)
+    except (OSError, ValueError) as exc:
+        raise AddressError(f"{where}: cannot read server_public_key {value!r}: {exc}") from None
+    if public is None:
+        raise AddressError(f"{where}: {value!r} holds no public key")
+    return bytes(public)
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A service's CURVE identity and who may connect to it.
+
+    ``authorized_keys`` is a directory of client ``.key`` files; ``allow_any=True``
+    encrypts but admits any client that knows the server key (use with care).
+    """
+
+    public_key: bytes
+    secret_key: bytes
+    authorized_keys: Path | None = None
+    allow_any: bool = False
+
+    @classmethod
+    def from_files(
+        cls,
+        secret_key_file: str | os.PathLike[str],
+        authorized_keys: str | os.PathLike[str] | None = None,
+        *,
+        allow_any: bool = False,
+    ) -> Curve:
+        path = Path(secret_key_file)
+        try:
+            public, secret = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read CURVE secret key file {path}: {exc}") from None
+        if secret is None or public is None:
+            raise ConfigError(f"{path} holds no secret key (use the NAME.key_secret file)")
+        if path.stat().st_mode & 0o077:
+            raise ConfigError(f"CURVE secret key file {path} is readable by others; chmod 600 it")
+        folder = None
+        if authorized_keys is not None:
+            folder = Path(authorized_keys)
+            if not folder.is_dir():
+                raise ConfigError(f"authorized keys directory not found: {folder}")
+        elif not allow_any:
+            raise ConfigError(
+                "CURVE needs an authorized keys directory (or allow_any=True to admit any "
+                "client that knows the server key)"
+            )
+        return cls(bytes(public), bytes(secret), folder, allow_any)
+
+    def start(self, context: zmq.Context[Any]) -> ThreadAuthenticator:
+        """Start the ZAP authenticator on ``context``; call before any socket binds."""
+        auth = ThreadAuthenticator(context)
+        auth.start()
+        location = (
+            zmq.auth.CURVE_ALLOW_ANY if self.authorized_keys is None else str(self.authorized_keys)
+        )
+        auth.configure_curve(domain="*", location=location)
+        return auth
+
+    def make_server(self, sock: zmq.Socket[Any]) -> None:
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret_key)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public_key)
+        sock.setsockopt(zmq.CURVE_SERVER, 1)
+        sock.setsockopt_string(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+
+    def make_client(
+        self, sock: zmq.Socket[Any], addresses: Mapping[str, Any], *, where: str
+    ) -> None:
+        server_key = addresses.get("server_public_key")
+        if not isinstance(server_key, str):
+            raise AddressError(
+                f"{where}: CURVE is on, so its addresses entry needs 'server_public_key' "
+                "(the server's Z85 public key or its .key file)"
+            )
+        sock.setsockopt(zmq.CURVE_SERVERKEY, load_public_key(server_key, where=where))
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, self.public_key)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, self.secret_key)
+
+    def __repr__(self) -> str:  # never show the secret key
+        key = self.public_key.decode()
+        return f"Curve(public_key={key!r}, authorized_keys={self.authorized_keys})"

@@ -1,0 +1,969 @@
+"""Compile type specs once into validators.
+
+A *spec* is what a service writes in its models: ``str``, ``[int]``, ``(int, str)``,
+``{str}``, ``{'buy', 'sell'}``, ``{str: Decimal}``, ``{'qty': int}``, or a modern annotation
+(``list[int]``, ``int | None``, ``Literal[...]``, a ``TypedDict``, a dataclass, a
+``msgspec.Struct``). :func:`compile_spec` turns one into a tree of nodes; from that tree
+we derive, once, at start-up:
+
+* a generated Python function that answers "is this value valid?" with no per-call
+  walking of the spec (the fast path, run on every message);
+* an explainer that says *why* a value is invalid, with the path to it (only run after
+  the fast path said no);
+* a msgspec type for the wire, so decoding bytes validates and restores ``Decimal``,
+  ``UUID``, sets and tuples in the same C pass;
+* a generated converter from the decoded msgspec value back to plain dicts, which is
+  what handlers receive.
+
+Semantics follow SPEC section 2: a value must be an instance of the declared type
+(``bool`` is not an ``int``, ``int`` is not a ``float``, ``datetime`` is not a ``date``);
+dict-shaped specs reject keys they do not declare.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import itertools
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar, Union
+
+import msgspec
+
+from .errors import ValidationError
+
+__all__ = [
+    "MISSING",
+    "FieldsNode",
+    "Node",
+    "UnsupportedOnWire",
+    "Validator",
+    "compile_fields",
+    "compile_spec",
+]
+
+MISSING: Any = msgspec.UNSET  # sentinel for "key absent"; also what msgspec uses
+
+
+class UnsupportedOnWire(TypeError):
+    """A spec is valid in-process but has no unambiguous msgpack form."""
+
+
+# --------------------------------------------------------------------------- codegen
+
+
+class _CodeGen:
+    """Accumulates generated functions and the objects they reference."""
+
+    _ids = itertools.count()
+
+    def __init__(self) -> None:
+        self.ns: dict[str, Any] = {"MISSING": MISSING}
+        self.defs: list[str] = []  # top-level function definitions
+        self.lines: list[str] = []  # the body being written now
+        self._funcs: dict[object, str] = {}
+        self._consts: dict[int, str] = {}
+
+    def const(self, obj: object) -> str:
+        if isinstance(obj, (str, int, float, bool)) or obj is None:
+            return repr(obj)
+        key = id(obj)
+        name = self._consts.get(key)
+        if name is None:
+            name = f"_c{next(self._ids)}"
+            self._consts[key] = name
+            self.ns[name] = obj
+        return name
+
+    def var(self) -> str:
+        return f"v{next(self._ids)}"
+
+    def function(self, key: object, prefix: str, write_body: Callable[[], None]) -> str:
+        """Define ``def <name>(x):`` once per ``key``; ``write_body`` appends its body
+        (indented four spaces) to ``self.lines``. Returns the function's name."""
+        name = self._funcs.get(key)
+        if name is None:
+            name = f"{prefix}{next(self._ids)}"
+            self._funcs[key] = name  # before the body: a node may refer to itself
+            saved, self.lines = self.lines, []
+            write_body()
+            body, self.lines = self.lines, saved
+            self.defs.extend([f"def {name}(x):", *body])
+        return name
+
+    def check_function(self, node: Node) -> str:
+        """Name of a generated ``def f(x) -> bool`` checking ``node``."""
+
+        def body() -> None:
+            node.emit_body(self, "x", "    ")
+            self.lines.append("    return True")
+
+        return self.function(("check", id(node)), "_f", body)
+
+    def build(self, entry: str) -> Callable[..., Any]:
+        source = "\n".join(self.defs)
+        exec(compile(source, f"<service_framework {entry}>", "exec"), self.ns)
+        return typing.cast(Callable[..., Any], self.ns[entry])
+
+
+def _subscript(generic: Any, params: Any) -> Any:
+    """``generic[params]`` for types built at run time (``Literal[...]``, ``Union[...]``)."""
+    return generic[params]
+
+
+def _path(path: str, key: object) -> str:
+    if isinstance(key, str) and key.isidentifier():
+        return f"{path}.{key}"
+    return f"{path}[{key!r}]"
+
+
+def _tname(value: object) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+# --------------------------------------------------------------------------- nodes
+
+
+class Node:
+    """One position in a spec. Subclasses know how to check, explain and decode it."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def test(self, cg: _CodeGen, var: str) -> str | None:
+        """An inline boolean expression for simple nodes, ``None`` for compound ones."""
+        return None
+
+    def emit(self, cg: _CodeGen, var: str, ind: str) -> None:
+        """Append statements that ``return False`` when ``var`` is invalid."""
+        expr = self.test(cg, var)
+        if expr is None:
+            self.emit_body(cg, var, ind)
+        elif expr != "True":
+            cg.lines.append(f"{ind}if not ({expr}): return False")
+
+    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+        """The statements themselves (compound nodes override this)."""
+        expr = self.test(cg, var)
+        if expr is not None and expr != "True":
+            cg.lines.append(f"{ind}if not ({expr}): return False")
+
+    def explain(self, value: Any, path: str) -> str | None:
+        raise NotImplementedError
+
+    def expected(self, value: Any, path: str) -> str:
+        return f"expected {self.describe()}, got {_tname(value)} at {path}"
+
+    def wire(self) -> Any:
+        """The msgspec type this spec decodes as."""
+        raise NotImplementedError
+
+    def conv(self, cg: _CodeGen, var: str) -> str | None:
+        """Expression turning the decoded wire value into the plain value, if different."""
+        return None
+
+
+class AnyNode(Node):
+    def describe(self) -> str:
+        return "any"
+
+    def test(self, cg: _CodeGen, var: str) -> str:
+        return "True"
+
+    def explain(self, value: Any, path: str) -> str | None:
+        return None
+
+    def wire(self) -> Any:
+        return Any
+
+
+class NoneNode(Node):
+    def describe(self) -> str:
+        return "None"
+
+    def test(self, cg: _CodeGen, var: str) -> str:
+        return f"{var} is None"
+
+    def explain(self, value: Any, path: str) -> str | None:
+        return None if value is None else self.expected(value, path)
+
+    def wire(self) -> Any:
+        return None
+
+
+class TypeNode(Node):
+    """A plain class: the value must be an instance of it."""
+
+    # A subclass that is *not* an acceptable instance: bool is an int, datetime a date.
+    _EXCLUDED: ClassVar[dict[type, type]] = {int: bool, _dt.date: _dt.datetime}
+    _BUILTIN_WIRE: ClassVar[frozenset[type]] = frozenset(
+        {int, float, bool, str, bytes, bytearray, dict, list, set, frozenset, tuple}
+    )
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    def describe(self) -> str:
+        return self.cls.__name__
+
+    def test(self, cg: _CodeGen, var: str) -> str:
+        cls = self.cls
+        if cls is bool:
+            return f"({var} is True or {var} is False)"
+        name = cls.__name__ if cls in self._BUILTIN_WIRE else cg.const(cls)
+        excluded = self._EXCLUDED.get(cls)
+        if excluded is not None:
+            ex = cg.const(excluded)
+            return (
+                f"(type({var}) is {name} or "
+                f"(isinstance({var}, {name}) and not isinstance({var}, {ex})))"
+            )
+        return f"(type({var}) is {name} or isinstance({var}, {name}))"
+
+    def ok(self, value: Any) -> bool:
+        excluded = self._EXCLUDED.get(self.cls)
+        if excluded is not None and isinstance(value, excluded):
+            return False
+        return isinstance(value, self.cls)
+
+    def explain(self, value: Any, path: str) -> str | None:
+        return None if self.ok(value) else self.expected(value, path)
+
+    def wire(self) -> Any:
+        cls = self.cls
+        if cls in self._BUILTIN_WIRE:
+            return cls
+        try:
+            msgspec.msgpack.Decoder(cls)
+        except TypeError as exc:
+            raise UnsupportedOnWire(f"type {cls.__qualname__} cannot be sent as msgpack") from exc
+        return cls
+
+
+class ListNode(Node):
+    def __init__(self, item: Node) -> None:
+        self.item = item
+
+    def describe(self) -> str:
+        return f"list[{self.item.describe()}]"
+
+    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+        cg.lines.append(f"{ind}if not isinstance({var}, list): return False")
+        if not isinstance(self.item, AnyNode):
+            v = cg.var()
+            cg.lines.append(f"{ind}for {v} in {var}:")
+            self.item.emit(cg, v, ind + "    ")
+
+    def explain(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, list):
+            return self.expected(value, path)
+        for i, item in enumerate(value):
+            why = self.item.explain(item, f"{path}[{i}]")
+            if why:
+                return why
+        return None
+
+    def wire(self) -> Any:
+        return list[self.item.wire()]  # type: ignore[misc]
+
+    def conv(self, cg: _CodeGen, var: str) -> str | None:
+        v = cg.var()
+        inner = self.item.conv(cg, v)
+        return None if inner is None else f"[{inner} for {v} in {var}]"
+
+
+class SetNode(Node):
+    def __init__(self, item: Node) -> None:
+        self.item = item
+
+    def describe(self) -> str:
+        return f"set[{self.item.describe()}]"
+
+    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+        cg.lines.append(f"{ind}if not isinstance({var}, (set, frozenset)): return False")
+        if not isinstance(self.item, AnyNode):
+            v = cg.var()
+            cg.lines.append(f"{ind}for {v} in {var}:")
+            self.item.emit(cg, v, ind + "    ")
+
+    def explain(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, (set, frozenset)):
+            return self.expected(value, path)
+        for item in value:
+            why = self.item.explain(item, f"{path}[{item!r}]")
+            if why:
+                return why
+        return None
+
+    def wire(self) -> Any:
+        return set[self.item.wire()]  # type: ignore[misc]
+
+
+class TupleNode(Node):
+    """Fixed length, item by item; a list of the right length is accepted too."""
+
+    def __init__(self, items: list[Node]) -> None:
+        self.items = items
+
+    def describe(self) -> str:
+        return f"tuple[{', '.join(i.describe() for i in self.items) or '()'}]"
+
+    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+        cg.lines.append(
+            f"{ind}if not isinstance({var}, (tuple, list)) or len({var}) != {len(self.items)}:"
+            " return False"
+        )
+        for i, item in enumerate(self.items):
+            v = cg.var()
+            cg.lines.append(f"{ind}{v} = {var}[{i}]")
+            item.emit(cg, v, ind)
+
+    def explain(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, (tuple, list)) or len(value) != len(self.items):
+            got = (
+                f"{_tname(value)} of length {len(value)}"
+                if isinstance(value, (tuple, list))
+                else _tname(value)
+            )
+            return f"expected {self.describe()}, got {got} at {path}"
+        for i, (item, node) in enumerate(zip(value, self.items, strict=False)):
+            why = node.explain(item, f"{path}[{i}]")
+            if why:
+                return why
+        return None
+
+    def wire(self) -> Any:
+        if not self.items:
+            return tuple[()]
+        return tuple[tuple(i.wire() for i in self.items)]  # type: ignore[misc]
+
+    def conv(self, cg: _CodeGen, var: str) -> str | None:
+        parts = [i.conv(cg, f"{var}[{n}]") for n, i in enumerate(self.items)]
+        if all(p is None for p in parts):
+            return None
+        exprs = [p if p is not None else f"{var}[{n}]" for n, p in enumerate(parts)]
+        return f"({', '.join(exprs)},)"
+
+
+class VarTupleNode(Node):
+    """``tuple[T, ...]``."""
+
+    def __init__(self, item: Node) -> None:
+        self.item = item
+
+    def describe(self) -> str:
+        return f"tuple[{self.item.describe()}, ...]"
+
+    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+        cg.lines.append(f"{ind}if not isinstance({var}, (tuple, list)): return False")
+        if not isinstance(self.item, AnyNode):
+            v = cg.var()
+            cg.lines.append(f"{ind}for {v} in {var}:")
+            self.item.emit(cg, v, ind + "    ")
+
+    def explain(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, (tuple, list)):
+            return self.expected(value, path)
+        for i, item in enumerate(value):
+            why = self.item.explain(item, f"{path}[{i}]")
+            if why:
+                return why
+        return None
+
+    def wire(self) -> Any:
+        return tuple[self.item.wire(), ...]  # type: ignore[misc]
+
+
+def _literal_ok(pairs: frozenset[tuple[type, object]], value: object) -> bool:
+    try:
+        return (type(value), value) in pairs
+    except TypeError:  # unhashable
+        return False
+
+
+class LiteralNode(Node):
+    """One of a fixed set of values (type and value must both match: ``True`` is not ``1``).
+
+    The seed grammar's literal sets (``{'buy', 'sell'}``) also accept a collection whose
+    items are all allowed values; ``Literal[...]`` annotations do not.
+    """
+
+    _COLLECTIONS = (list, tuple, set, frozenset)
+
+    def __init__(self, values: Iterable[object], *, allow_collection: bool) -> None:
+        self.values = tuple(values)
+        self.pairs = frozenset((type(v), v) for v in self.values)
+        self.allow_collection = allow_collection
+
+    def describe(self) -> str:
+        shown = ", ".join(repr(v) for v in sorted(self.values, key=repr))
+        return f"one of {{{shown}}}"
+
+    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+        # Group the allowed values by exact type so the common case is one set lookup:
+        # `type(v) is str and v in {...}` (exact type, so True never passes for 1).
+        by_type: dict[type, set[object]] = {}
+        for value in self.values:
+            by_type.setdefault(type(value), set()).add(value)
+        self._emit_one(cg, var, ind, by_type, allow_collection=self.allow_collection)
+
+    def _emit_one(
+        self,
+        cg: _CodeGen,
+        var: str,
+        ind: str,
+        by_type: dict[type, set[object]],
+        *,
+        allow_collection: bool,
+    ) -> None:
+        keyword = "if"
+        for typ, values in by_type.items():
+            if typ is type(None):
+                cg.lines.append(f"{ind}{keyword} {var} is None: pass")
+            else:
+                allowed = cg.const(frozenset(values))
+                cg.lines.append(f"{ind}{keyword} type({var}) is {cg.const(typ)}:")
+                cg.lines.append(f"{ind}    if {var} not in {allowed}: return False")
+            keyword = "elif"
+        if allow_collection:
+            v = cg.var()
+            cg.lines.append(f"{ind}elif isinstance({var}, {cg.const(self._COLLECTIONS)}):")
+            cg.lines.append(f"{ind}    for {v} in {var}:")
+            self._emit_one(cg, v, ind + "        ", by_type, allow_collection=False)
+        cg.lines.append(f"{ind}else: return False")
+
+    def explain(self, value: Any, path: str) -> str | None:
+        if self.allow_collection and isinstance(value, self._COLLECTIONS):
+            for i, item in enumerate(value):
+                if not _literal_ok(self.pairs, item):
+                    return f"expected {self.describe()}, got {item!r} at {path}[{i}]"
+            return None
+        if _literal_ok(self.pairs, value):
+            return None
+        return f"expected {self.describe()}, got {value!r} at {path}"
+
+    def wire(self) -> Any:
+        for v in self.values:
+            if not (v is None or isinstance(v, (str, int))):
+                raise UnsupportedOnWire(
+                    f"literal {v!r} cannot be sent as msgpack (only str, int, bool, None)"
+                )
+        lit = _subscript(typing.Literal, self.values)
+        if self.allow_collection:
+            return _subscript(Union, (lit, list[lit]))  # type: ignore[valid-type]
+        return lit
+
+    def conv(self, cg: _CodeGen, var: str) -> str | None:
+        return None
+
+
+class DictNode(Node):
+    """``{K: V}``: any number of keys of type K, values of spec V."""
+
+    def __init__(self, key: Node, value: Node) -> None:
+        self.key = key
+        self.value = value
+
+    def describe(self) -> str:
+        return f"dict[{self.key.describe()}, {self.value.describe()}]"
+
+    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+        cg.lines.append(f"{ind}if not isinstance({var}, dict): return False")
+        if isinstance(self.key, AnyNode) and isinstance(self.value, AnyNode):
+            return
+        k, v = cg.var(), cg.var()
+        cg.lines.append(f"{ind}for {k}, {v} in {var}.items():")
+        self.key.emit(cg, k, ind + "    ")
+        self.value.emit(cg, v, ind + "    ")
+        if cg.lines[-1].endswith(f"for {k}, {v} in {var}.items():"):
+            cg.lines.append(f"{ind}    pass")
+
+    def explain(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, dict):
+            return self.expected(value, path)
+        for key, item in value.items():
+            if self.key.explain(key, path):
+                return f"expected key of type {self.key.describe()}, got {key!r} at {path}"
+            why = self.value.explain(item, _path(path, key))
+            if why:
+                return why
+        return None
+
+    def wire(self) -> Any:
+        return dict[self.key.wire(), self.value.wire()]  # type: ignore[misc]
+
+    def conv(self, cg: _CodeGen, var: str) -> str | None:
+        k, v = cg.var(), cg.var()
+        inner = self.value.conv(cg, v)
+        return None if inner is None else f"{{{k}: {inner} for {k}, {v} in {var}.items()}}"
+
+
+class FieldsNode(Node):
+    """A dict with declared keys: required ones must be present, optional ones may be,
+    and any other key is rejected. The top level of every model is one of these."""
+
+    _names = itertools.count()
+
+    def __init__(
+        self, required: dict[Any, Node], optional: dict[Any, Node], name: str = ""
+    ) -> None:
+        self.required = required
+        self.optional = optional
+        self.name = name
+        self._wire: type[msgspec.Struct] | None = None
+
+    @property
+    def keys(self) -> list[Any]:
+        return [*self.required, *self.optional]
+
+    def describe(self) -> str:
+        return self.name or "dict with keys " + ", ".join(map(repr, self.keys))
+
+    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+        cg.lines.append(f"{ind}if not isinstance({var}, dict): return False")
+        if not self.keys:
+            cg.lines.append(f"{ind}if {var}: return False")
+            return
+        req = [(key, node, cg.var()) for key, node in self.required.items()]
+        if req:
+            cg.lines.append(f"{ind}try:")
+            for key, _, v in req:
+                cg.lines.append(f"{ind}    {v} = {var}[{cg.const(key)}]")
+            cg.lines.append(f"{ind}except KeyError: return False")
+            for _, node, v in req:
+                node.emit(cg, v, ind)
+        if not self.optional:
+            cg.lines.append(f"{ind}if len({var}) != {len(req)}: return False")
+            return
+        n = cg.var()
+        cg.lines.append(f"{ind}{n} = {len(req)}")
+        for key, node in self.optional.items():
+            v = cg.var()
+            cg.lines.append(f"{ind}{v} = {var}.get({cg.const(key)}, MISSING)")
+            cg.lines.append(f"{ind}if {v} is not MISSING:")
+            cg.lines.append(f"{ind}    {n} += 1")
+            node.emit(cg, v, ind + "    ")
+        cg.lines.append(f"{ind}if len({var}) != {n}: return False")
+
+    def explain(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, dict):
+            return self.expected(value, path)
+        for key in self.required:
+            if key not in value:
+                return f"missing required key {key!r} at {path}"
+        for key in value:
+            if key not in self.required and key not in self.optional:
+                allowed = ", ".join(map(repr, self.keys)) or "none"
+                return f"unexpected key {key!r} at {path} (allowed: {allowed})"
+        for key, item in value.items():
+            node = self.required.get(key) or self.optional[key]
+            why = node.explain(item, _path(path, key))
+            if why:
+                return why
+        return None
+
+    def wire(self) -> Any:
+        if self._wire is None:
+            fields: list[tuple[Any, ...]] = []
+            rename: dict[str, str] = {}
+            for i, key in enumerate(self.keys):
+                if not isinstance(key, str):
+                    raise UnsupportedOnWire(f"key {key!r} is not a str; msgpack maps need str keys")
+                attr = f"f{i}"
+                rename[attr] = key
+                wire_type = _node_wire(self.required.get(key) or self.optional[key], key)
+                if key in self.required:
+                    fields.append((attr, wire_type))
+                else:
+                    fields.append((attr, Union[wire_type, msgspec.UnsetType], msgspec.UNSET))  # noqa: UP007
+            self._wire = msgspec.defstruct(
+                f"Fields{next(self._names)}",
+                fields,
+                rename=rename,
+                forbid_unknown_fields=True,
+                omit_defaults=True,
+            )
+        return self._wire
+
+    def conv(self, cg: _CodeGen, var: str) -> str:
+        def body() -> None:
+            items = []
+            for i, key in enumerate(self.required):
+                attr = f"x.f{i}"
+                items.append(f"{cg.const(key)}: {self.required[key].conv(cg, attr) or attr}")
+            cg.lines.append(f"    d = {{{', '.join(items)}}}")
+            offset = len(self.required)
+            for i, (key, node) in enumerate(self.optional.items()):
+                v = cg.var()
+                cg.lines.append(f"    {v} = x.f{offset + i}")
+                expr = node.conv(cg, v) or v
+                cg.lines.append(f"    if {v} is not MISSING: d[{cg.const(key)}] = {expr}")
+            cg.lines.append("    return d")
+
+        return f"{cg.function(('conv', id(self)), '_conv', body)}({var})"
+
+
+def _node_wire(node: Node, key: object) -> Any:
+    try:
+        return node.wire()
+    except UnsupportedOnWire as exc:
+        if str(exc).startswith("key "):
+            raise
+        raise UnsupportedOnWire(f"key {key!r}: {exc}") from exc
+
+
+class UnionNode(Node):
+    def __init__(self, members: list[Node]) -> None:
+        self.members = members
+
+    def describe(self) -> str:
+        return " | ".join(m.describe() for m in self.members)
+
+    def test(self, cg: _CodeGen, var: str) -> str:
+        parts = []
+        for m in self.members:
+            expr = m.test(cg, var)
+            parts.append(expr if expr is not None else f"{cg.check_function(m)}({var})")
+        return "(" + " or ".join(parts) + ")"
+
+    def explain(self, value: Any, path: str) -> str | None:
+        reasons: list[str] = []
+        for member in self.members:
+            reason = member.explain(value, path)
+            if reason is None:
+                return None
+            reasons.append(reason)
+        # A member whose reason points deeper than ``path`` matched the value's outer
+        # shape; its reason is the useful one. Otherwise no member came close.
+        deepest = max(reasons, key=lambda r: len(r.rpartition(" at ")[2]))
+        if len(deepest.rpartition(" at ")[2]) > len(path):
+            return deepest
+        return self.expected(value, path)
+
+    def wire(self) -> Any:
+        union = _subscript(Union, tuple(m.wire() for m in self.members))
+        try:
+            msgspec.msgpack.Decoder(union)
+        except TypeError as exc:
+            raise UnsupportedOnWire(
+                f"{self.describe()} cannot be told apart in msgpack: {exc}"
+            ) from exc
+        return union
+
+    def conv(self, cg: _CodeGen, var: str) -> str | None:
+        convs = [(m, m.conv(cg, "x")) for m in self.members]
+        if all(c is None for _, c in convs):
+            return None
+
+        def body() -> None:
+            for m, c in convs:
+                if c is None:
+                    continue
+                if isinstance(m, FieldsNode):
+                    guard = f"type(x) is {cg.const(m.wire())}"
+                elif isinstance(m, (ListNode, VarTupleNode)):
+                    guard = "type(x) is list"
+                elif isinstance(m, TupleNode):
+                    guard = "type(x) is tuple"
+                else:
+                    guard = "type(x) is dict"
+                cg.lines.append(f"    if {guard}: return {c}")
+            cg.lines.append("    return x")
+
+        name = cg.function(("uconv", id(self)), "_uconv", body)
+        return f"{name}({var})"
+
+
+class ClassNode(Node):
+    """A dataclass or ``msgspec.Struct``: an instance whose fields match their annotations."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        self.fields: dict[str, Node] = {}
+
+    def describe(self) -> str:
+        return self.cls.__name__
+
+    def test(self, cg: _CodeGen, var: str) -> str:
+        # Always a named function: a class may refer to itself.
+        return f"{cg.check_function(self)}({var})"
+
+    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+        cg.lines.append(f"{ind}if not isinstance({var}, {cg.const(self.cls)}): return False")
+        for field, node in self.fields.items():
+            v = cg.var()
+            cg.lines.append(f"{ind}{v} = {var}.{field}")
+            node.emit(cg, v, ind)
+
+    def explain(self, value: Any, path: str) -> str | None:
+        if not isinstance(value, self.cls):
+            return self.expected(value, path)
+        for name, node in self.fields.items():
+            why = node.explain(getattr(value, name), _path(path, name))
+            if why:
+                return why
+        return None
+
+    def wire(self) -> Any:
+        return self.cls
+
+
+# --------------------------------------------------------------------------- compile
+
+
+class SpecError(TypeError):
+    """A spec is not part of the grammar (raised with the path to the bad part)."""
+
+
+def _is_typeddict(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, dict) and hasattr(obj, "__total__")
+
+
+def _is_type_like(obj: object) -> bool:
+    """True for a class or a typing construct (as opposed to a literal value)."""
+    if isinstance(obj, type) or obj is Any or obj is None:
+        return True
+    return typing.get_origin(obj) is not None or isinstance(obj, typing.TypeVar)
+
+
+def compile_spec(spec: object, _memo: dict[int, Node] | None = None) -> Node:
+    """Compile one spec (see the module docstring) into a node tree."""
+    memo = {} if _memo is None else _memo
+    return _compile(spec, memo, "$")
+
+
+def _compile(spec: object, memo: dict[int, Node], where: str) -> Node:
+    if spec is Any or spec is object:
+        return AnyNode()
+    if spec is None or spec is type(None):
+        return NoneNode()
+    # ---- seed grammar: containers used as specs
+    if isinstance(spec, list):
+        if len(spec) == 0:
+            return TypeNode(list)
+        if len(spec) != 1:
+            raise SpecError(f"{where}: a list spec holds exactly one item spec, got {spec!r}")
+        return ListNode(_compile(spec[0], memo, f"{where}[]"))
+    if isinstance(spec, tuple):
+        if len(spec) == 0:
+            return TypeNode(tuple)
+        return TupleNode([_compile(s, memo, f"{where}[{i}]") for i, s in enumerate(spec)])
+    if isinstance(spec, (set, frozenset)):
+        if len(spec) == 0:
+            return TypeNode(set)
+        members = list(spec)
+        if all(_is_type_like(m) and m is not None for m in members):
+            nodes = [_compile(m, memo, f"{where}{{}}") for m in members]
+            return SetNode(nodes[0] if len(nodes) == 1 else UnionNode(nodes))
+        if any(isinstance(m, type) for m in members):
+            raise SpecError(f"{where}: a set spec mixes types and values: {spec!r}")
+        return LiteralNode(sorted(members, key=repr), allow_collection=True)
+    if isinstance(spec, dict):
+        if len(spec) == 0:
+            return TypeNode(dict)
+        keys = list(spec)
+        if len(keys) == 1 and _is_type_like(keys[0]) and keys[0] is not None:
+            key_node = _compile(keys[0], memo, f"{where}{{key}}")
+            return DictNode(key_node, _compile(spec[keys[0]], memo, f"{where}{{value}}"))
+        if any(isinstance(k, type) for k in keys):
+            raise SpecError(f"{where}: a dict spec mixes a type key with literal keys: {spec!r}")
+        return FieldsNode({k: _compile(v, memo, _path(where, k)) for k, v in spec.items()}, {})
+    # ---- annotations
+    origin = typing.get_origin(spec)
+    if origin is typing.Annotated:
+        return _compile(typing.get_args(spec)[0], memo, where)
+    if hasattr(spec, "__supertype__"):  # typing.NewType
+        return _compile(spec.__supertype__, memo, where)
+    if origin is Union or origin is types.UnionType:
+        return UnionNode([_compile(a, memo, where) for a in typing.get_args(spec)])
+    if origin is typing.Literal:
+        return LiteralNode(typing.get_args(spec), allow_collection=False)
+    if origin in (list, typing.List):  # noqa: UP006
+        (item,) = typing.get_args(spec) or (Any,)
+        return ListNode(_compile(item, memo, f"{where}[]"))
+    if origin in (set, frozenset, typing.Set, typing.FrozenSet):  # noqa: UP006
+        (item,) = typing.get_args(spec) or (Any,)
+        return SetNode(_compile(item, memo, f"{where}{{}}"))
+    if origin in (tuple, typing.Tuple):  # noqa: UP006
+        args = typing.get_args(spec)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return VarTupleNode(_compile(args[0], memo, f"{where}[]"))
+        if args == ((),):
+            return TupleNode([])
+        return TupleNode([_compile(a, memo, f"{where}[{i}]") for i, a in enumerate(args)])
+    if origin in (dict, typing.Dict):  # noqa: UP006
+        k, v = typing.get_args(spec) or (Any, Any)
+        return DictNode(
+            _compile(k, memo, f"{where}{{key}}"), _compile(v, memo, f"{where}{{value}}")
+        )
+    if origin is not None and isinstance(origin, type):
+        # Other generics (collections.abc.Sequence[int], ...): check the origin class only.
+        return TypeNode(origin)
+    if isinstance(spec, type):
+        if _is_typeddict(spec):
+            return _compile_typeddict(spec, memo, where)
+        if dataclasses.is_dataclass(spec) or issubclass(spec, msgspec.Struct):
+            return _compile_class(spec, memo, where)
+        return TypeNode(spec)
+    raise SpecError(f"{where}: {spec!r} is not a type spec")
+
+
+def _compile_typeddict(spec: type, memo: dict[int, Node], where: str) -> Node:
+    if id(spec) in memo:
+        return memo[id(spec)]
+    node = FieldsNode({}, {}, name=spec.__name__)
+    memo[id(spec)] = node
+    hints = typing.get_type_hints(spec)
+    required = getattr(spec, "__required_keys__", frozenset(hints))
+    for key, hint in hints.items():
+        target = node.required if key in required else node.optional
+        target[key] = _compile(_strip_required(hint), memo, _path(where, key))
+    return _TypedDictNode(spec, node)
+
+
+def _strip_required(hint: object) -> object:
+    origin = typing.get_origin(hint)
+    names = {"Required", "NotRequired", "ReadOnly"}
+    if origin is not None and getattr(origin, "_name", None) in names:
+        return typing.get_args(hint)[0]
+    return hint
+
+
+class _TypedDictNode(FieldsNode):
+    """A TypedDict: checked like a nested dict spec, decoded natively by msgspec."""
+
+    def __init__(self, td: type, inner: FieldsNode) -> None:
+        super().__init__(inner.required, inner.optional, name=td.__name__)
+        self.td = td
+
+    def test(self, cg: _CodeGen, var: str) -> str:
+        return f"{cg.check_function(self)}({var})"
+
+    def wire(self) -> Any:
+        return self.td
+
+    def conv(self, cg: _CodeGen, var: str) -> str | None:  # type: ignore[override]
+        return None
+
+
+def _compile_class(spec: type, memo: dict[int, Node], where: str) -> Node:
+    if id(spec) in memo:
+        return memo[id(spec)]
+    node = ClassNode(spec)
+    memo[id(spec)] = node
+    hints = typing.get_type_hints(spec)
+    if dataclasses.is_dataclass(spec):
+        names = [f.name for f in dataclasses.fields(spec)]
+    else:
+        names = list(spec.__struct_fields__)  # type: ignore[attr-defined]
+    for name in names:
+        node.fields[name] = _compile(hints.get(name, Any), memo, _path(where, name))
+    return node
+
+
+def compile_fields(required: object, optional: object, *, what: str = "model") -> Node:
+    """Compile a model's top level: ``{'key': spec}`` required and optional dicts.
+
+    ``None`` for both means "not checked": any value passes (the seed's external target
+    writes ``'required_return_arguments': None``). A missing side is an empty dict.
+    """
+    if required is None and optional is None:
+        return AnyNode()
+    parts: dict[str, dict[Any, Any]] = {}
+    for label, part in (("required", required), ("optional", optional)):
+        part = {} if part is None else part
+        if not isinstance(part, dict):
+            raise SpecError(f"{label} {what} must be a dict of key: spec, got {_tname(part)}")
+        parts[label] = part
+        for key in part:
+            if not isinstance(key, str):
+                raise SpecError(f"{label} {what} key {key!r} must be a str")
+    req, opt = parts["required"], parts["optional"]
+    both = set(req) & set(opt)
+    if both:
+        raise SpecError(f"key {sorted(both)[0]!r} is both required and optional")
+    memo: dict[int, Node] = {}
+    return FieldsNode(
+        {k: _compile(v, memo, _path("$", k)) for k, v in req.items()},
+        {k: _compile(v, memo, _path("$", k)) for k, v in opt.items()},
+    )
+
+
+# --------------------------------------------------------------------------- validator
+
+
+def _build_check(node: Node) -> Callable[[Any], bool]:
+    cg = _CodeGen()
+    name = cg.check_function(node)
+    return cg.build(name)
+
+
+class Validator:
+    """A compiled check for one direction of one connection (or a config).
+
+    ``validator.check(value)`` is the generated fast path (``True``/``False``);
+    ``validator(value)`` raises :class:`ValidationError` naming the service, the
+    connection, the direction and the path to the bad value.
+    """
+
+    __slots__ = ("check", "connection", "direction", "node", "service")
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        service: str | None = None,
+        connection: str | None = None,
+        direction: str | None = None,
+    ) -> None:
+        self.node = node
+        self.service = service
+        self.connection = connection
+        self.direction = direction
+        self.check: Callable[[Any], bool] = (
+            _always_true if isinstance(node, AnyNode) else _build_check(node)
+        )
+
+    @property
+    def unchecked(self) -> bool:
+        return isinstance(self.node, AnyNode)
+
+    def __call__(self, value: Any) -> Any:
+        if not self.check(value):
+            raise self.error(value)
+        return value
+
+    def error(self, value: Any) -> ValidationError:
+        detail = self.node.explain(value, "$") or f"invalid value {value!r}"
+        return ValidationError(
+            detail, service=self.service, connection=self.connection, direction=self.direction
+        )
+
+    def error_from_detail(self, detail: str) -> ValidationError:
+        return ValidationError(
+            detail, service=self.service, connection=self.connection, direction=self.direction
+        )
+
+    def __repr__(self) -> str:
+        where = ".".join(p for p in (self.service, self.connection, self.direction) if p)
+        return f"<Validator {where or '?'}: {self.node.describe()}>"
+
+
+def _always_true(value: Any) -> bool:
+    return True
+
+
+def build_converter(node: Node) -> Callable[[Any], Any] | None:
+    """A function turning a value decoded as ``node.wire()`` into plain dicts/lists,
+    or ``None`` when the decoded value already is plain."""
+    cg = _CodeGen()
+    holder: list[str | None] = []
+
+    def body() -> None:
+        holder.append(node.conv(cg, "x"))
+        cg.lines.append(f"    return {holder[0]}")
+
+    name = cg.function("entry", "_entry", body)
+    return None if holder[0] is None else cg.build(name)

@@ -1,0 +1,71 @@
+"""Workflow ids: one id per chain of messages, carried in every envelope.
+
+A message sent from ``main`` or ``init_function`` starts a workflow and gets a new id.
+While a handler runs, the incoming id is the *current flow*; each ``to_send`` it makes
+passes the id on with a call counter (``<id>_1``, ``<id>_2``, ...), so one request can
+be followed across services by grepping logs for its id.
+
+The current flow lives in a :class:`contextvars.ContextVar`: each thread (the service
+loop, ``main``) sees its own, and the logging filter reads it without any handler
+reconfiguration per message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+from contextvars import ContextVar
+
+__all__ = ["Flow", "current_flow", "current_workflow_id", "new_workflow_id", "outgoing_id"]
+
+
+class Flow:
+    """The workflow a handler is serving: its id and how many sends it has made."""
+
+    __slots__ = ("calls", "id")
+
+    def __init__(self, workflow_id: str) -> None:
+        self.id = workflow_id
+        self.calls = 0
+
+    def __repr__(self) -> str:
+        return f"Flow({self.id!r}, calls={self.calls})"
+
+
+current_flow: ContextVar[Flow | None] = ContextVar("service_framework_flow", default=None)
+
+# A random per-process prefix and a counter: unique across processes and hosts, and
+# about ten times cheaper than uuid4() on the per-message path.
+_prefix = secrets.token_hex(6)
+_counter = itertools.count(1)
+
+
+def _reseed() -> None:
+    global _prefix, _counter
+    _prefix = secrets.token_hex(6)
+    _counter = itertools.count(1)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed)
+
+
+def new_workflow_id() -> str:
+    """A fresh id for a message that starts a workflow."""
+    return f"{_prefix}-{next(_counter)}"
+
+
+def outgoing_id() -> str:
+    """The id for a message about to be sent from the current context."""
+    flow = current_flow.get()
+    if flow is None:
+        return f"{_prefix}-{next(_counter)}"
+    flow.calls += 1
+    return f"{flow.id}_{flow.calls}"
+
+
+def current_workflow_id() -> str | None:
+    """The id of the message being handled in this context, if any."""
+    flow = current_flow.get()
+    return None if flow is None else flow.id
