@@ -348,6 +348,13 @@ class ServiceRuntime:
                 remaining = min_wait - (time.monotonic() - started)
                 if remaining > 0:
                     self._pause(remaining)
+        # Stopped taking new work; handle (and answer) what has already arrived.
+        deadline = time.monotonic() + self.options.stop_timeout_s
+        for connection in self.inbound.values():
+            try:
+                connection.finish(deadline)
+            except Exception:  # pragma: no cover - shutdown must go on
+                LOG.exception("%s: finishing connection '%s' failed", self.name, connection.name)
 
     def _monitor_reader(
         self, monitor: zmq.Socket[Any], connection: Connection
@@ -452,7 +459,7 @@ class ServiceRuntime:
         self.stop()
         thread = self._loop_thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(self.options.stop_timeout_s)
+            thread.join(self.options.stop_timeout_s + 1.0)
             if thread.is_alive():
                 LOG.error(
                     "%s: a handler was still running after %gs; closing anyway",

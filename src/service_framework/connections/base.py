@@ -185,6 +185,11 @@ class InboundConnection(Connection):
         ``drain`` handles up to ``batch`` messages and returns."""
         raise NotImplementedError
 
+    def finish(self, deadline: float) -> None:
+        """At shutdown, after the loop stopped: stop accepting new peers and handle what
+        has already arrived, until it is handled or ``time.monotonic()`` passes
+        ``deadline``. Runs in the loop's thread."""
+
     def invoke(self, args: Any, workflow_id: str) -> Any:
         """Run the handler with the message's workflow id as the current flow."""
         token = current_flow.set(Flow(workflow_id))

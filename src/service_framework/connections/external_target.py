@@ -53,7 +53,9 @@ def resolve_target(name: str, namespace: Mapping[str, Any]) -> Callable[..., Any
             found = ".".join(parts[: len(parts) - len(rest) + i])
             raise ValueError(f"target {name!r}: {found!r} has no attribute {attr!r}") from None
     if not callable(obj):
-        raise ValueError(f"target {name!r} resolved to {obj!r}, which is not callable")
+        raise ValueError(
+            f"target {name!r} resolved to a {type(obj).__name__}, which is not callable"
+        )
     return obj  # type: ignore[no-any-return]
 
 

@@ -8,6 +8,7 @@ state machine can never wedge and the requester never waits on a message we drop
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -58,16 +59,30 @@ class Replyer(InboundConnection):
         return ((self.socket, self.drain),)
 
     def drain(self) -> None:
+        self._take(self.batch, stoppable=True)
+
+    def finish(self, deadline: float) -> None:
+        sock = self.socket
+        if sock is None:
+            return
+        # Answer every request already queued: their callers are waiting on them. (No
+        # unbind first: libzmq drops the queues of connections accepted on an unbound
+        # endpoint. The socket closes, refusing new work, once this returns.)
+        while time.monotonic() < deadline and self._take(self.batch, stoppable=False):
+            pass
+
+    def _take(self, limit: int, *, stoppable: bool) -> bool:
+        """Answer up to ``limit`` queued requests; False once the socket is empty."""
         sock = self.socket
         assert sock is not None
         state = self.env.state
         stats = self.stats
         respond = self.respond
-        for _ in range(self.batch):
+        for _ in range(limit):
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             stats.received += 1
             if sock.getsockopt(zmq.RCVMORE):
                 self.drain_multipart(sock)
@@ -76,8 +91,9 @@ class Replyer(InboundConnection):
                 sock.send(self.codec.encode_error("DecodeError", str(error), ""))
             else:
                 sock.send(respond(frame))
-            if state.stopping:
-                return
+            if stoppable and state.stopping:
+                break
+        return True
 
     def respond(self, frame: bytes) -> bytes:
         """The reply frame for one request frame. Never raises."""

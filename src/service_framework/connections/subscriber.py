@@ -8,6 +8,7 @@ and never stops the messages behind it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -58,6 +59,19 @@ class Subscriber(InboundConnection):
         return ((self.socket, self.drain),)
 
     def drain(self) -> None:
+        self._take(self.batch, stoppable=True)
+
+    def finish(self, deadline: float) -> None:
+        # Messages already queued here were delivered; handle them rather than drop them.
+        sock = self.socket
+        if sock is None:
+            return
+        sock.setsockopt(zmq.UNSUBSCRIBE, self.codec.prefix if self.topic else b"")
+        while time.monotonic() < deadline and self._take(self.batch, stoppable=False):
+            pass
+
+    def _take(self, limit: int, *, stoppable: bool) -> bool:
+        """Handle up to ``limit`` queued messages; False once the socket is empty."""
         sock = self.socket
         assert sock is not None
         state = self.env.state
@@ -65,11 +79,11 @@ class Subscriber(InboundConnection):
         decode = self.codec.decode
         invoke = self.invoke
         debug = self.env.debug
-        for _ in range(self.batch):
+        for _ in range(limit):
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return
+                return False
             stats.received += 1
             if sock.getsockopt(zmq.RCVMORE):
                 self.drain_multipart(sock)
@@ -90,5 +104,6 @@ class Subscriber(InboundConnection):
                 self.log_failed(error, message.workflow_id)
             else:
                 stats.handled += 1
-            if state.stopping:
-                return
+            if stoppable and state.stopping:
+                break
+        return True

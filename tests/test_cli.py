@@ -1,0 +1,312 @@
+"""The command line, run as real processes: flags, config, errors, exit codes, signals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service_framework import RequestTimeout
+from service_framework.cli import split_arguments
+
+ECHO = """
+from service_framework import get_logger
+LOG = get_logger()
+
+def on_echo(args, to_send, config):
+    LOG.info('echo %s', args['text'])
+    return {'text': config.get('prefix', '') + args['text']}
+
+config_model = {'optional': {'prefix': str}}
+connection_models = {'in': {'echo': {
+    'connection_type': 'replyer',
+    'required_creation_arguments': {'connection_function': on_echo},
+    'required_arguments': {'text': str},
+    'required_return_arguments': {'text': str},
+}}}
+"""
+
+ECHO_OUT = {
+    "connection_type": "requester",
+    "optional_creation_arguments": {"timeout_s": 10},
+    "required_arguments": {"text": str},
+    "required_return_arguments": {"text": str},
+}
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def echo_files(write_service, tmp_path):
+    write_service("echo", ECHO)
+    write_json(tmp_path / "echo_addresses.json", {"in": {"echo": {"replyer": "127.0.0.1:0"}}})
+    return ["-s", "echo.py", "-a", "echo_addresses.json"]
+
+
+def run_cli(tmp_path: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service_framework", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_split_arguments_keeps_config_pairs_apart() -> None:
+    known, extra = split_arguments(
+        ["-s", "x.py", "-symbol", "BTC", "--con", "5", "-m", "--depth=3", "-cl", "DEBUG"]
+    )
+    # "-symbol" is not "-s ymbol", and "--con" does not abbreviate --config_path.
+    assert known == ["-s", "x.py", "-m", "-cl", "DEBUG"]
+    assert extra == ["-symbol", "BTC", "--con", "5", "--depth=3"]
+
+
+def test_help_lists_every_flag(tmp_path) -> None:
+    result = run_cli(tmp_path, "-h")
+    assert result.returncode == 0
+    for flag in ("-s", "-a", "-c", "-m", "-wt", "-cl", "-f", "-bc", "-l", "--traceback"):
+        assert f"{flag} " in result.stdout or f"{flag}," in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("files", "args", "message"),
+    [
+        ({}, ["-s", "nope.py"], "service file not found: nope.py"),
+        ({}, [], "no service given: use -s/--service_path PATH"),
+        (
+            {"cfg.json": "{not json"},
+            ["-s", "echo.py", "-c", "cfg.json"],
+            "config file cfg.json is not valid JSON: Expecting property name enclosed in double "
+            "quotes (line 1, column 2)",
+        ),
+        ({}, ["-s", "echo.py", "-c", "absent.json"], "config file not found: absent.json"),
+        (
+            {"cfg.json": "[1]"},
+            ["-s", "echo.py", "-c", "cfg.json"],
+            "config file cfg.json must hold a JSON object, not list",
+        ),
+        (
+            {},
+            ["-s", "echo.py"],
+            "echo: connection 'echo' has no address (add addresses['in']['echo'] = "
+            "{'replyer': 'host:port'})",
+        ),
+        ({}, ["-s", "echo.py", "-a", "missing.json"], "addresses file not found: missing.json"),
+        (
+            {"a.json": '{"in": {"echo": {"replyer": "127.0.0.1:0"}}}'},
+            ["-s", "echo.py", "-a", "a.json", "--colour", "red"],
+            "echo: config: unexpected key 'colour' at $ (allowed: 'prefix')",
+        ),
+        (
+            {"bad.py": "connection_models = {'in': {'x': {'connection_type': 'replier'}}}"},
+            ["-s", "bad.py"],
+            "bad: connection 'x': unknown connection_type 'replier' (known: external_target, "
+            "publisher, replyer, requester, subscriber)",
+        ),
+        (
+            {},
+            ["-s", "echo.py", "--dangling"],
+            "config key 'dangling' has no value (expected --dangling VALUE)",
+        ),
+    ],
+)
+def test_errors_are_one_clear_line_and_a_nonzero_exit(
+    write_service, tmp_path, files, args, message
+) -> None:
+    write_service("echo", ECHO)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    result = run_cli(tmp_path, *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"service_framework: error: {message}"], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_traceback_flag_shows_the_trace(tmp_path) -> None:
+    result = run_cli(tmp_path, "-s", "nope.py", "--traceback")
+    assert result.returncode == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert result.stderr.strip().endswith(
+        "service_framework: error: service file not found: nope.py"
+    )
+
+
+def test_config_precedence_file_then_command_line(write_service, tmp_path, cli, client) -> None:
+    write_service("echo", ECHO)
+    write_json(tmp_path / "a.json", {"in": {"echo": {"replyer": "127.0.0.1:0"}}})
+    write_json(tmp_path / "cfg.json", {"required": {}, "optional": {"prefix": "file:"}})
+    from_file = cli("-s", "echo.py", "-a", "a.json", "-c", "cfg.json")
+    overridden = cli("-s", "echo.py", "-a", "a.json", "-c", "cfg.json", "-prefix", "cli:")
+    for process, expected in ((from_file, "file:x"), (overridden, "cli:x")):
+        address = process.ready()["echo"]
+        runtime = client({"out": {"e": ECHO_OUT}}, {"out": {"e": {"requester": address}}})
+        assert runtime.to_send("e", {"text": "x"}) == {"text": expected}
+
+
+def test_command_line_values_are_converted_by_the_config_model(write_service, tmp_path) -> None:
+    write_service(
+        "typed",
+        """
+from decimal import Decimal
+config_model = {'required': {'n': int, 'px': Decimal, 'on': bool}, 'optional': {'tags': [str]}}
+def main(to_send, config):
+    print(repr(sorted(config.items())))
+""",
+    )
+    result = run_cli(
+        tmp_path, "-s", "typed.py", "-m", "--n", "3", "--px=1.10", "-on", "false", "--tags", '["a"]'
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "[('n', 3), ('on', False), ('px', Decimal('1.10')), ('tags', ['a'])]"
+    )
+    bad = run_cli(tmp_path, "-s", "typed.py", "-m", "--n", "x", "--px", "1", "--on", "maybe")
+    assert bad.returncode == 2
+    assert "typed: config key 'n' has value 'x', which is not a valid int" in bad.stderr
+
+
+def test_main_mode_exit_codes(write_service, tmp_path) -> None:
+    write_service("ok", "def main(to_send, config):\n    print('main ran')\n")
+    write_service("boom", "def main(to_send, config):\n    raise RuntimeError('kaput')\n")
+    ok = run_cli(tmp_path, "-s", "ok.py", "-m")
+    assert (ok.returncode, ok.stdout.strip()) == (0, "main ran")
+    boom = run_cli(tmp_path, "-s", "boom.py", "-m")
+    assert boom.returncode == 1
+    assert "boom: main raised; stopping" in boom.stderr
+    assert "RuntimeError: kaput" in boom.stderr  # the traceback is logged
+
+
+def test_log_file_gets_workflow_ids(echo_files, tmp_path, cli, client) -> None:
+    process = cli(*echo_files, "-l", "logs/echo.log", "-f", "DEBUG", "-cl", "INFO", "-bc", "3")
+    port = process.ready()["echo"]
+    log = tmp_path / "logs" / "echo.log"
+    runtime = client({"out": {"e": ECHO_OUT}}, {"out": {"e": {"requester": port}}})
+    runtime.to_send("e", {"text": "traced"})
+    process.signal(signal.SIGTERM)
+    assert process.finish() == 0
+    text = log.read_text()
+    line = next(line for line in text.splitlines() if "echo traced" in line)
+    workflow_id = line.split("[")[1].split("]")[0]
+    assert workflow_id != "-"
+    assert f"echo: handling 'echo' [{workflow_id}]" in text
+
+
+SLOW = """
+import time
+from service_framework import get_logger
+LOG = get_logger()
+
+def on_work(args, to_send, config):
+    LOG.info('started %s', args['n'])
+    time.sleep(args['seconds'])
+    return {'n': args['n']}
+
+def sigterm_handler(signum, frame, to_send, config):
+    LOG.info('sigterm_handler ran')
+
+connection_models = {'in': {'work': {
+    'connection_type': 'replyer',
+    'required_creation_arguments': {'connection_function': on_work},
+    'required_arguments': {'n': int, 'seconds': float},
+    'required_return_arguments': {'n': int},
+}}}
+"""
+
+WORK_OUT = {
+    "connection_type": "requester",
+    "optional_creation_arguments": {"timeout_s": 15},
+    "required_arguments": {"n": int, "seconds": float},
+    "required_return_arguments": {"n": int},
+}
+
+
+@pytest.fixture
+def slow_service(write_service, tmp_path, cli):
+    write_service("slow", SLOW)
+    write_json(tmp_path / "slow.json", {"in": {"work": {"replyer": "127.0.0.1:0"}}})
+    process = cli("-s", "slow.py", "-a", "slow.json")
+    return process, process.ready()["work"]
+
+
+def test_sigterm_answers_every_request_in_flight_then_exits_0(slow_service, client) -> None:
+    process, address = slow_service
+    callers = [
+        client({"out": {"w": WORK_OUT}}, {"out": {"w": {"requester": address}}}, name=f"c{i}")
+        for i in range(4)
+    ]
+    replies: dict[int, Any] = {}
+
+    def call(i: int) -> None:
+        try:
+            replies[i] = callers[i].to_send("w", {"n": i, "seconds": 0.3})
+        except Exception as exc:  # pragma: no cover - reported by the assertion below
+            replies[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    process.wait_for(r"started \d")  # one is being handled, the others are queued
+    process.signal(signal.SIGTERM)
+    for thread in threads:
+        thread.join(20)
+    assert replies == {i: {"n": i} for i in range(4)}
+    assert process.finish() == 0
+    assert "sigterm_handler ran" in process.log()
+    # New work is refused: the endpoint is gone.
+    late = client(
+        {"out": {"w": {**WORK_OUT, "optional_creation_arguments": {"timeout_s": 0.3}}}},
+        {"out": {"w": {"requester": address}}},
+        name="late",
+    )
+    with pytest.raises(RequestTimeout):
+        late.to_send("w", {"n": 9, "seconds": 0.0})
+
+
+def test_second_signal_exits_at_once(slow_service, client) -> None:
+    process, address = slow_service
+    out = {**WORK_OUT, "optional_creation_arguments": {"timeout_s": 3}}
+    caller = client({"out": {"w": out}}, {"out": {"w": {"requester": address}}})
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            caller.to_send("w", {"n": 1, "seconds": 30.0})
+        except RequestTimeout as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    process.wait_for(r"started 1")
+    process.signal(signal.SIGTERM)
+    process.wait_for(r"got SIGTERM; stopping gracefully")
+    process.signal(signal.SIGINT)
+    assert process.finish(timeout=10) == 128 + signal.SIGINT
+    thread.join(10)
+    assert len(outcome) == 1  # the handler never finished, so no reply came
+
+
+def test_idle_service_uses_no_cpu(echo_files, cli) -> None:
+    process = cli(*echo_files)
+    process.ready()
+    pid = process.popen.pid
+
+    def cpu_ticks() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime
+
+    before, started = cpu_ticks(), time.monotonic()
+    threading.Event().wait(1.5)  # measure over an idle stretch
+    used = (cpu_ticks() - before) / 100 / (time.monotonic() - started)  # CLK_TCK is 100
+    assert used < 0.03

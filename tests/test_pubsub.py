@@ -1,0 +1,205 @@
+"""Publish/subscribe over real sockets: topics, binder/connector variants, bad input."""
+
+from __future__ import annotations
+
+import queue
+from typing import Any
+
+import msgspec
+import pytest
+import zmq
+
+from service_framework import ValidationError
+from service_framework.codec import topic_prefix
+
+SUBSCRIBER = """
+import queue
+received = queue.Queue()
+
+def on_fill(args, to_send, config):
+    if args.get('explode'):
+        raise RuntimeError('handler failure')
+    received.put(args)
+
+connection_models = {{
+    'in': {{
+        'fills': {{
+            'connection_type': 'subscriber',
+            'required_creation_arguments': {{'{handler_key}': on_fill}},
+            'optional_creation_arguments': {creation},
+            'required_arguments': {{'n': int}},
+            'optional_arguments': {{'tag': str, 'explode': bool}},
+        }}
+    }}
+}}
+"""
+
+
+def subscriber_source(handler_key: str = "connection_function", **creation: Any) -> str:
+    return SUBSCRIBER.format(handler_key=handler_key, creation=repr(creation))
+
+
+def publisher_models(**creation: Any) -> dict[str, Any]:
+    return {
+        "out": {
+            "fills": {
+                "connection_type": "publisher",
+                "optional_creation_arguments": {"wait_after_creation_s": 0, **creation},
+                "required_arguments": {"n": int},
+                "optional_arguments": {"tag": str, "explode": bool},
+            }
+        }
+    }
+
+
+def sync(publish, received: queue.Queue[Any], timeout: float = 10.0) -> None:
+    """Publish markers until one arrives: the subscription is then in place (slow joiner)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        publish({"n": -1})
+        try:
+            received.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        break
+    else:
+        raise AssertionError("subscriber never connected")
+    while True:  # drop markers still in flight
+        try:
+            received.get(timeout=0.2)
+        except queue.Empty:
+            return
+
+
+def next_message(received: queue.Queue[Any], timeout: float = 5.0) -> Any:
+    """The next message that is not a sync marker."""
+    while True:
+        message = received.get(timeout=timeout)
+        if message["n"] != -1:
+            return message
+
+
+def collect(received: queue.Queue[Any], count: int, timeout: float = 5.0) -> list[Any]:
+    return [next_message(received, timeout) for _ in range(count)]
+
+
+def test_publish_reaches_subscriber_in_order(write_service, run_service, client) -> None:
+    publisher = client(publisher_models(), {"out": {"fills": {"publisher": "127.0.0.1:0"}}})
+    address = publisher.endpoints()["out"]["fills"][0].removeprefix("tcp://")
+    sub = run_service(
+        write_service("sub", subscriber_source()),
+        addresses={"in": {"fills": {"subscriber": address}}},
+    )
+    received = sub.module.received
+    sync(lambda a: publisher.to_send("fills", a), received)
+    for n in range(100):
+        assert publisher.to_send("fills", {"n": n}) is None
+    assert [m["n"] for m in collect(received, 100)] == list(range(100))
+
+
+@pytest.mark.parametrize("handler_key", ["connection_function", "on_new_message"])
+def test_binding_subscriber_and_connecting_publisher(
+    write_service, run_service, client, handler_key
+) -> None:
+    sub = run_service(
+        write_service("sub", subscriber_source(handler_key, is_binder=True)),
+        addresses={"in": {"fills": {"subscriber": "127.0.0.1:0"}}},
+    )
+    publisher = client(
+        publisher_models(is_x_pub=True), {"out": {"fills": {"publisher": sub.address("fills")}}}
+    )
+    sync(lambda a: publisher.to_send("fills", a), sub.module.received)
+    publisher.to_send("fills", {"n": 7, "tag": "x"})
+    assert sub.module.received.get(timeout=5) == {"n": 7, "tag": "x"}
+
+
+def test_topics_are_exact_not_prefixes(write_service, run_service, client) -> None:
+    orders = client(
+        publisher_models(topic="orders"), {"out": {"fills": {"publisher": "127.0.0.1:0"}}}
+    )
+    orders_eu = client(
+        publisher_models(topic="orders_eu"), {"out": {"fills": {"publisher": "127.0.0.1:0"}}}
+    )
+    addresses = [
+        p.endpoints()["out"]["fills"][0].removeprefix("tcp://") for p in (orders, orders_eu)
+    ]
+    only_orders = run_service(
+        write_service("only_orders", subscriber_source(topic="orders")),
+        addresses={"in": {"fills": {"subscriber": addresses}}},
+    )
+    everything = run_service(
+        write_service("everything", subscriber_source()),
+        addresses={"in": {"fills": {"subscriber": addresses}}},
+    )
+    sync(lambda a: orders.to_send("fills", a), only_orders.module.received)
+    sync(lambda a: orders.to_send("fills", a), everything.module.received)
+    sync(lambda a: orders_eu.to_send("fills", a), everything.module.received)
+    orders_eu.to_send("fills", {"n": 1, "tag": "eu"})
+    orders.to_send("fills", {"n": 2, "tag": "plain"})
+    assert next_message(only_orders.module.received)["tag"] == "plain"
+    got = {next_message(everything.module.received)["tag"] for _ in range(2)}
+    assert got == {"eu", "plain"}
+    orders.to_send("fills", {"n": 3})
+    assert next_message(only_orders.module.received)["n"] == 3  # "eu" never arrived
+
+
+def test_publish_validates_before_sending(client) -> None:
+    publisher = client(publisher_models(), {"out": {"fills": {"publisher": "127.0.0.1:0"}}})
+    with pytest.raises(ValidationError, match=r"fills\.args: expected int, got str at \$\.n"):
+        publisher.to_send("fills", {"n": "1"})
+    assert publisher.stats()["fills"].handled == 0
+
+
+def test_bad_frames_are_dropped_and_counted(write_service, run_service, zctx) -> None:
+    sub = run_service(
+        write_service("sub", subscriber_source(is_binder=True)),
+        addresses={"in": {"fills": {"subscriber": "127.0.0.1:0"}}},
+    )
+    raw = zctx.socket(zmq.PUB)
+    raw.connect(f"tcp://{sub.address('fills')}")
+    prefix = topic_prefix("")
+
+    def envelope(args: Any, v: int = 1) -> bytes:
+        return prefix + msgspec.msgpack.encode({"v": v, "workflow_id": "w", "args": args})
+
+    received = sub.module.received
+    sync(lambda a: raw.send(envelope(a)), received)
+    before = sub.runtime.stats()["fills"].rejected
+    bad = [
+        b"",
+        b"\xc1\xc1\xc1",
+        prefix + b"\xc1",
+        prefix + msgspec.msgpack.encode([1, 2]),
+        envelope({"n": "one"}),
+        envelope({"n": 1, "unknown": True}),
+        envelope({}),
+        envelope({"n": 1}, v=2),
+        prefix + b"\x91" * 5000 + b"\x01",  # deep nesting
+    ]
+    for frame in bad:
+        raw.send(frame)
+    raw.send_multipart([envelope({"n": 99}), b"trailing frame"])
+    raw.send(envelope({"n": 1, "explode": True}))  # the handler raises
+    raw.send(envelope({"n": 42}))
+    assert received.get(timeout=5) == {"n": 42}
+    assert received.empty()
+    stats = sub.runtime.stats()["fills"]
+    assert stats.rejected - before == len(bad) + 1
+    assert stats.failed == 1
+    raw.close(linger=0)
+
+
+def test_handler_failure_does_not_stop_later_messages(write_service, run_service, client) -> None:
+    publisher = client(publisher_models(), {"out": {"fills": {"publisher": "127.0.0.1:0"}}})
+    address = publisher.endpoints()["out"]["fills"][0].removeprefix("tcp://")
+    sub = run_service(
+        write_service("sub", subscriber_source()),
+        addresses={"in": {"fills": {"subscriber": address}}},
+    )
+    sync(lambda a: publisher.to_send("fills", a), sub.module.received)
+    for n in range(6):
+        publisher.to_send("fills", {"n": n, "explode": n % 2 == 0})
+    assert [m["n"] for m in collect(sub.module.received, 3)] == [1, 3, 5]
+    assert sub.runtime.stats()["fills"].failed == 3
