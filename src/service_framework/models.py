@@ -131,7 +131,9 @@ def parse_connection_models(
     extra = dict(extra_creation_arguments or {})
     parsed: dict[str, dict[str, ConnectionModel]] = {"in": {}, "out": {}}
     for side in _SIDES:
-        entries = connection_models.get(side) or {}
+        entries = connection_models.get(side)
+        if entries is None:
+            entries = {}
         if not isinstance(entries, Mapping):
             raise ModelError(
                 f"{service}: connection_models['{side}'] must be a dict of name: model, "
@@ -250,7 +252,9 @@ def _dict_part(where: str, model: Mapping[str, Any], key: str) -> dict[str, Any]
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ModelError(f"{where}: model key {key!r} must be a dict, got {type(value).__name__}")
+        raise ModelError(
+            f"{where}: model key {key!r} must be a dict of key: spec, got {type(value).__name__}"
+        )
     return dict(value)
 
 
@@ -265,6 +269,12 @@ def _validator(
 ) -> Validator:
     required = model.get(required_key, {})
     optional = model.get(optional_key, {})
+    for key, value in ((required_key, required), (optional_key, optional)):
+        if value is not None and not isinstance(value, Mapping):
+            raise ModelError(
+                f"{where}: model key {key!r} must be a dict of key: spec, "
+                f"got {type(value).__name__}"
+            )
     try:
         node = compile_fields(required, optional, what=direction)
     except SpecError as exc:

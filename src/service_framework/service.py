@@ -102,6 +102,8 @@ class Service:
         self._runtime: ServiceRuntime | None = None
         self._lock = threading.Lock()
         self.endpoints: dict[str, dict[str, list[str]]] = {}
+        # Set once the service is ready to serve (background or blocking run).
+        self.ready = threading.Event()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"
@@ -135,6 +137,7 @@ class Service:
             )
             process.start()
             child.close()
+            self.ready.clear()
             try:
                 self.endpoints = _await_ready(process, parent, self.start_timeout_s)
             except BaseException:
@@ -143,6 +146,7 @@ class Service:
             finally:
                 parent.close()
             self._process = process
+            self.ready.set()
 
     def stop_service(self) -> int | None:
         """Stop gracefully (SIGTERM), forcibly after ``stop_timeout_s``; returns the exit
@@ -155,6 +159,7 @@ class Service:
             process, self._process = self._process, None
         if process is None:
             return None
+        self.ready.clear()
         return _terminate(process, self.stop_timeout_s)
 
     def wait(self, timeout: float | None = None) -> int | None:
@@ -208,12 +213,18 @@ class Service:
                 options=self._options(main_mode),
             )
             self._runtime = runtime
+            self.ready.clear()
+
+        def on_ready(rt: ServiceRuntime) -> None:
+            self.endpoints = rt.endpoints()
+            self.ready.set()
+
         try:
             runtime.start()
-            self.endpoints = runtime.endpoints()
-            return runtime.run()
+            return runtime.run(on_ready=on_ready)
         finally:
             self._runtime = None
+            self.ready.clear()
 
     # ------------------------------------------------------------------ helpers
     def _options(self, main_mode: bool) -> RunOptions:

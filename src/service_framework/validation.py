@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import decimal
+import enum
 import itertools
 import types
 import typing
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar, Union
 
@@ -111,6 +114,21 @@ class _CodeGen:
 def _subscript(generic: Any, params: Any) -> Any:
     """``generic[params]`` for types built at run time (``Literal[...]``, ``Union[...]``)."""
     return generic[params]
+
+
+# Types msgspec encodes and decodes natively (besides builtins, Structs, dataclasses).
+_MSGSPEC_TYPES = frozenset(
+    {
+        decimal.Decimal,
+        uuid.UUID,
+        _dt.datetime,
+        _dt.date,
+        _dt.time,
+        _dt.timedelta,
+        memoryview,
+        type(None),
+    }
+)
 
 
 def _path(path: str, key: object) -> str:
@@ -233,13 +251,15 @@ class TypeNode(Node):
 
     def wire(self) -> Any:
         cls = self.cls
-        if cls in self._BUILTIN_WIRE:
+        if cls in self._BUILTIN_WIRE or cls in _MSGSPEC_TYPES:
             return cls
-        try:
-            msgspec.msgpack.Decoder(cls)
-        except TypeError as exc:
-            raise UnsupportedOnWire(f"type {cls.__qualname__} cannot be sent as msgpack") from exc
-        return cls
+        if issubclass(cls, enum.Enum) or hasattr(cls, "__attrs_attrs__"):
+            return cls
+        if issubclass(cls, tuple) and hasattr(cls, "_fields"):  # NamedTuple
+            return cls
+        # msgspec would accept any class here and defer to a decode hook at run time;
+        # we set none, so refuse up front rather than fail on the first message.
+        raise UnsupportedOnWire(f"type {cls.__qualname__} cannot be sent as msgpack")
 
 
 class ListNode(Node):
