@@ -29,9 +29,8 @@ def main(to_send, config):
         }
         result = to_send("place", order)
         placed.append(result)
-        print(
-            f"{result['order_id']}  {side:4} {qty:>3} {symbol}  {result['status']} at {result['price']}"
-        )
+        status = f"{result['status']} at {result['price']}"
+        print(f"{result['order_id']}  {side:4} {qty:>3} {symbol}  {status}")
 
     # Contract bugs are caught before anything reaches a socket...
     try:
