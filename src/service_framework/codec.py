@@ -26,7 +26,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from .errors import DecodeError
-from .validation import Node, Validator, build_converter
+from .validation import FieldsNode, Node, Validator, build_converter, node_at
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -73,6 +73,7 @@ _MSG_PATTERNS = (
     (re.compile(r"^Object missing required field `(.+?)`$"), "missing required key '{0}'"),
     (re.compile(r"^Object contains unknown field `(.+?)`$"), "unexpected key '{0}'"),
 )
+_UNKNOWN = _MSG_PATTERNS[2][0]
 
 
 def _split_msgspec_error(text: str) -> tuple[str, str]:
@@ -83,8 +84,9 @@ def _split_msgspec_error(text: str) -> tuple[str, str]:
     return message, path.rstrip("`")
 
 
-def _translate(text: str, field: str) -> tuple[str, bool]:
-    """Rewrite a msgspec error about ``$.<field>...`` in the framework's words.
+def _translate(text: str, field: str, node: Node) -> tuple[str, bool]:
+    """Rewrite a msgspec error about ``$.<field>...`` in the framework's words (the same
+    words the in-process validator uses for the same problem).
 
     Returns ``(detail, inside)`` where ``inside`` says whether the error is about the
     payload (``args``/``return_args``) rather than the envelope around it.
@@ -94,6 +96,10 @@ def _translate(text: str, field: str) -> tuple[str, bool]:
     inside = path == root or path.startswith((root + ".", root + "["))
     if inside:
         path = "$" + path[len(root) :]
+        unknown = _UNKNOWN.match(message)
+        fields = node_at(node, path) if unknown else None
+        if unknown and isinstance(fields, FieldsNode):
+            return fields.unexpected(unknown.group(1), path), True
     for pattern, template in _MSG_PATTERNS:
         match = pattern.match(message)
         if match:
@@ -156,7 +162,7 @@ class _Decoding:
 
     def fail(self, exc: Exception) -> Exception:
         if isinstance(exc, msgspec.ValidationError):
-            detail, inside = _translate(str(exc), self.field)
+            detail, inside = _translate(str(exc), self.field, self.validator.node)
             if inside:
                 return self.validator.error_from_detail(detail)
             return DecodeError(f"malformed envelope: {detail}")

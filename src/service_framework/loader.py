@@ -124,7 +124,11 @@ def _load_by_location(path: Path) -> ModuleType:
 
 
 def service_name(module: ModuleType) -> str:
-    """A service's name in logs and errors: its module's last dotted part."""
+    """A service's name in logs and errors: its file's name without ``.py`` (or, for a
+    module without a file, the last part of its dotted name)."""
+    file = getattr(module, "__file__", None)
+    if file:
+        return Path(file).stem
     return module.__name__.rsplit(".", 1)[-1]
 
 

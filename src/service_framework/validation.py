@@ -27,6 +27,7 @@ import datetime as _dt
 import decimal
 import enum
 import itertools
+import re
 import types
 import typing
 import uuid
@@ -568,21 +569,25 @@ class FieldsNode(Node):
         cg.lines.append(f"{ind}if len({var}) != {n}: return False")
 
     def explain(self, value: Any, path: str) -> str | None:
+        # Same order as msgspec reports while decoding: keys as they come, then any
+        # missing required key, so the wire and in-process errors read the same.
         if not isinstance(value, dict):
             return self.expected(value, path)
-        for key in self.required:
-            if key not in value:
-                return f"missing required key {key!r} at {path}"
-        for key in value:
-            if key not in self.required and key not in self.optional:
-                allowed = ", ".join(map(repr, self.keys)) or "none"
-                return f"unexpected key {key!r} at {path} (allowed: {allowed})"
         for key, item in value.items():
-            node = self.required.get(key) or self.optional[key]
+            node = self.required.get(key) or self.optional.get(key)
+            if node is None:
+                return self.unexpected(key, path)
             why = node.explain(item, _path(path, key))
             if why:
                 return why
+        for key in self.required:
+            if key not in value:
+                return f"missing required key {key!r} at {path}"
         return None
+
+    def unexpected(self, key: object, path: str) -> str:
+        allowed = ", ".join(map(repr, self.keys)) or "none"
+        return f"unexpected key {key!r} at {path} (allowed: {allowed})"
 
     def wire(self) -> Any:
         if self._wire is None:
@@ -632,6 +637,38 @@ def _node_wire(node: Node, key: object) -> Any:
         if str(exc).startswith("key "):
             raise
         raise UnsupportedOnWire(f"key {key!r}: {exc}") from exc
+
+
+_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+
+
+def node_at(node: Node, path: str) -> Node | None:
+    """The node a msgspec error path (``$.orders[2].qty``, ``$.m[...]``) points into."""
+    if not path.startswith("$"):
+        return None
+    position = 1
+    while position < len(path):
+        match = _SEGMENT.match(path, position)
+        if match is None:
+            return None
+        position = match.end()
+        key, index = match.groups()
+        if key is not None and isinstance(node, FieldsNode):
+            found = node.required.get(key) or node.optional.get(key)
+        elif key is not None and isinstance(node, ClassNode):
+            found = node.fields.get(key)
+        elif index == "..." and isinstance(node, DictNode):
+            found = node.value
+        elif index is not None and isinstance(node, (ListNode, VarTupleNode, SetNode)):
+            found = node.item
+        elif index is not None and index != "..." and isinstance(node, TupleNode):
+            found = node.items[int(index)] if int(index) < len(node.items) else None
+        else:
+            found = None
+        if found is None:
+            return None
+        node = found
+    return node
 
 
 class UnionNode(Node):

@@ -1,0 +1,250 @@
+"""One behaviour suite, run over real sockets and inline: same results, same errors.
+
+A contract bug found inline must be the one a deployment would hit, so every case here
+asserts the same outcome - return value, exception type and message - in both modes.
+"""
+
+from __future__ import annotations
+
+import queue
+import types
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from service_framework import InlineServices, RemoteError, ValidationError
+
+SERVER = """
+import queue
+received = queue.Queue()
+fills = queue.Queue()
+
+def on_quote(args, to_send, config):
+    received.put(args)
+    if args['symbol'] == 'FAIL':
+        raise LookupError('no such symbol')
+    if args['symbol'] == 'BADRETURN':
+        return {'price': 'free'}
+    if args['symbol'] == 'NONE':
+        return None
+    return {'price': args['qty'] * Decimal('1.5'), 'tags': ('a', 1)}
+
+def on_fill(args, to_send, config):
+    fills.put(args)
+    if args['n'] < 0:
+        raise RuntimeError('subscriber failure')
+
+from decimal import Decimal
+connection_models = {
+    'in': {
+        'quote': {
+            'connection_type': 'replyer',
+            'required_creation_arguments': {'connection_function': on_quote},
+            'required_arguments': {'symbol': str, 'qty': int},
+            'required_return_arguments': {'price': Decimal},
+            'optional_return_arguments': {'tags': (str, int)},
+        },
+        'fills': {
+            'connection_type': 'subscriber',
+            'required_creation_arguments': {'connection_function': on_fill},
+            'optional_creation_arguments': {'topic': 'fills', 'is_binder': True},
+            'required_arguments': {'n': int},
+        },
+    }
+}
+"""
+
+# The client's models are deliberately looser than the server's in places: extra
+# optional keys the server does not accept, a wider return model.
+CLIENT_MODELS: dict[str, Any] = {
+    "out": {
+        "quote": {
+            "connection_type": "requester",
+            "optional_creation_arguments": {"timeout_s": 5},
+            "required_arguments": {"symbol": str, "qty": int},
+            "optional_arguments": {"note": str},
+            "required_return_arguments": {"price": Decimal},
+            "optional_return_arguments": {"tags": (str, int), "unused": str},
+        },
+        "narrow": {
+            "connection_type": "requester",
+            "optional_creation_arguments": {"timeout_s": 5},
+            "required_arguments": {"symbol": str, "qty": int},
+            "required_return_arguments": {"price": int},
+        },
+        "fills": {
+            "connection_type": "publisher",
+            "optional_creation_arguments": {
+                "topic": "fills",
+                "is_x_pub": True,
+                "wait_after_creation_s": 0,
+            },
+            "required_arguments": {"n": int},
+        },
+    }
+}
+
+
+class Harness:
+    """``send(connection, args)`` from the client; ``server`` is the server module."""
+
+    send: Callable[[str, Any], Any]
+    server: Any
+    mode: str
+
+
+@pytest.fixture(params=["sockets", "inline"])
+def harness(request, write_service, run_service, client) -> Iterator[Harness]:
+    harness = Harness()
+    harness.mode = request.param
+    server_path = write_service("server", SERVER)
+    if request.param == "sockets":
+        server = run_service(
+            server_path,
+            addresses={
+                "in": {
+                    "quote": {"replyer": "127.0.0.1:0"},
+                    "fills": {"subscriber": "127.0.0.1:0"},
+                }
+            },
+        )
+        runtime = client(
+            CLIENT_MODELS,
+            {
+                "out": {
+                    "quote": {"requester": server.address("quote")},
+                    "narrow": {"requester": server.address("quote")},
+                    "fills": {"publisher": server.address("fills")},
+                }
+            },
+        )
+        harness.send = runtime.to_send  # type: ignore[assignment]
+        harness.server = server.module
+        # Slow joiner: publish until the subscription is live, then drop the markers.
+        while True:
+            runtime.to_send("fills", {"n": 0})
+            try:
+                server.module.fills.get(timeout=0.05)
+                break
+            except queue.Empty:
+                continue
+        while True:
+            try:
+                server.module.fills.get(timeout=0.2)
+            except queue.Empty:
+                break
+        yield harness
+        return
+    holder: dict[str, Any] = {}
+    driver = types.ModuleType("driver")
+    driver.connection_models = CLIENT_MODELS  # type: ignore[attr-defined]
+    driver.main = lambda to_send, config: holder.update(send=to_send)  # type: ignore[attr-defined]
+    services = InlineServices(console_loglevel="WARNING")
+    services.set_main_service_by_module("client", driver)
+    services.add_service("server", str(server_path))
+    services.add_relation("client", "quote", "server", "quote")
+    services.add_relation("client", "narrow", "server", "quote")
+    services.add_relation("client", "fills", "server", "fills")
+    services.start()
+    harness.send = holder["send"]
+    harness.server = services.get_service_module("server")
+    yield harness
+
+
+def outcome(harness: Harness, connection: str, args: Any) -> tuple[str, Any]:
+    """What a call produced, in a form that compares across modes."""
+    try:
+        return ("ok", harness.send(connection, args))
+    except RemoteError as error:
+        return ("remote", (error.remote_type, error.remote_message))
+    except ValidationError as error:
+        return ("local", str(error))
+
+
+CASES: list[tuple[str, str, Any, tuple[str, Any]]] = [
+    (
+        "round trip with types restored",
+        "quote",
+        {"symbol": "BTC", "qty": 2},
+        ("ok", {"price": Decimal("3.0"), "tags": ("a", 1)}),
+    ),
+    (
+        "handler returning None with an optional-only return model is not enough",
+        "quote",
+        {"symbol": "NONE", "qty": 1},
+        (
+            "remote",
+            (
+                "ValidationError",
+                "server: quote.return_args: expected dict with keys 'price', 'tags', got None at $",
+            ),
+        ),
+    ),
+    (
+        "sender validates first",
+        "quote",
+        {"symbol": "BTC", "qty": "2"},
+        ("local", "client: quote.args: expected int, got str at $.qty"),
+    ),
+    (
+        "receiver validates what the sender allowed",
+        "quote",
+        {"symbol": "BTC", "qty": 1, "note": "hi"},
+        (
+            "remote",
+            (
+                "ValidationError",
+                "server: quote.args: unexpected key 'note' at $ (allowed: 'symbol', 'qty')",
+            ),
+        ),
+    ),
+    (
+        "handler error",
+        "quote",
+        {"symbol": "FAIL", "qty": 1},
+        ("remote", ("LookupError", "no such symbol")),
+    ),
+    (
+        "handler return validated by the server",
+        "quote",
+        {"symbol": "BADRETURN", "qty": 1},
+        (
+            "remote",
+            ("ValidationError", "server: quote.return_args: expected Decimal, got str at $.price"),
+        ),
+    ),
+    (
+        # The one inherent difference: over the wire "got" names the type the value
+        # travelled as (a Decimal travels as a str); in-process, the Python type.
+        "reply validated by the client",
+        "narrow",
+        {"symbol": "BTC", "qty": 2},
+        ("local", "client: narrow.return_args: expected int, got <Decimal> at $.price"),
+    ),
+]
+
+
+def normalise(result: tuple[str, Any], mode: str, label: str) -> tuple[str, Any]:
+    kind, value = result
+    if label == "reply validated by the client" and isinstance(value, str):
+        wire_name = "str" if mode == "sockets" else "Decimal"
+        value = value.replace(f"got {wire_name} at", "got <Decimal> at")
+    return kind, value
+
+
+@pytest.mark.parametrize(
+    ("label", "connection", "args", "expected"), CASES, ids=[c[0] for c in CASES]
+)
+def test_request_reply_contract(harness: Harness, label, connection, args, expected) -> None:
+    assert normalise(outcome(harness, connection, args), harness.mode, label) == expected
+
+
+def test_publish_contract(harness: Harness) -> None:
+    assert harness.send("fills", {"n": -1}) is None  # the subscriber's failure stays there
+    assert harness.send("fills", {"n": 5}) is None
+    with pytest.raises(ValidationError, match=r"client: fills\.args: expected int, got str"):
+        harness.send("fills", {"n": "5"})
+    got = [harness.server.fills.get(timeout=5)["n"] for _ in range(2)]
+    assert got == [-1, 5]
