@@ -26,7 +26,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from .errors import DecodeError
-from .validation import FieldsNode, Node, Validator, build_converter, node_at
+from .validation import DictNode, FieldsNode, Node, Validator, build_converter, node_at
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -68,44 +68,77 @@ class Reply(NamedTuple):
 _ENCODER = msgspec.msgpack.Encoder()
 _LOOSE = msgspec.msgpack.Decoder(_Loose)
 
-_MSG_PATTERNS = (
-    (re.compile(r"^Expected `(.+?)`, got `(.+?)`$"), "expected {0}, got {1}"),
-    (re.compile(r"^Object missing required field `(.+?)`$"), "missing required key '{0}'"),
-    (re.compile(r"^Object contains unknown field `(.+?)`$"), "unexpected key '{0}'"),
-)
-_UNKNOWN = _MSG_PATTERNS[2][0]
+# msgspec's names for what it found on the wire, in the validator's words.
+_WIRE_NAMES = {"array": "list", "object": "dict", "null": "None"}
+_EXPECTED = re.compile(r"^Expected `(.+?)`, got `(.+?)`$")
+_LENGTH = re.compile(r"^Expected `array` of length (\d+), got (\d+)$")
+_MISSING = re.compile(r"^Object missing required field `(.+?)`$")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(.+?)`$")
+_ENUM = re.compile(r"^Invalid enum value (.+)$")
 
 
-def _split_msgspec_error(text: str) -> tuple[str, str]:
-    """``"Expected `int`, got `str` - at `$.args.qty`"`` -> (message, path)."""
-    message, sep, path = text.rpartition(" - at `")
+def _split_msgspec_error(text: str) -> tuple[str, str, bool]:
+    """``"Expected `int`, got `str` - at `$.args.qty`"`` -> (message, path, about_key).
+
+    A bad dict key reads ``... - at `key` in `$.args.prices```."""
+    message, sep, where = text.rpartition(" - at `")
     if not sep:
-        return text, "$"
-    return message, path.rstrip("`")
+        return text, "$", False
+    where = where.rstrip("`")
+    if where.startswith("key` in `"):
+        return message, where[len("key` in `") :], True
+    return message, where, False
 
 
 def _translate(text: str, field: str, node: Node) -> tuple[str, bool]:
-    """Rewrite a msgspec error about ``$.<field>...`` in the framework's words (the same
-    words the in-process validator uses for the same problem).
+    """Rewrite a msgspec error about ``$.<field>...`` in the framework's words (the
+    validator's words for the same problem, as far as the wire lets us know them).
 
     Returns ``(detail, inside)`` where ``inside`` says whether the error is about the
     payload (``args``/``return_args``) rather than the envelope around it.
     """
-    message, path = _split_msgspec_error(text)
+    message, path, about_key = _split_msgspec_error(text)
     root = f"$.{field}"
     inside = path == root or path.startswith((root + ".", root + "["))
-    if inside:
-        path = "$" + path[len(root) :]
-        unknown = _UNKNOWN.match(message)
-        fields = node_at(node, path) if unknown else None
-        if unknown and isinstance(fields, FieldsNode):
-            return fields.unexpected(unknown.group(1), path), True
-    for pattern, template in _MSG_PATTERNS:
-        match = pattern.match(message)
-        if match:
-            message = template.format(*match.groups())
-            break
-    return f"{message} at {path}", inside
+    if not inside:
+        return f"{_generic(message)} at {path}", False
+    at, path = node_at(node, "$" + path[len(root) :])
+    if about_key and isinstance(at, DictNode):
+        found = _EXPECTED.match(message)
+        got = _WIRE_NAMES.get(found.group(2), found.group(2)) if found else "?"
+        return f"expected key of type {at.key.describe()}, got {got} at {path}", True
+    if about_key:
+        return f"{_generic(message)} at key in {path}", True
+    unknown = _UNKNOWN.match(message)
+    if unknown and isinstance(at, FieldsNode):
+        return at.unexpected(unknown.group(1), path), True
+    if at is not None:
+        found = _EXPECTED.match(message)
+        if found:
+            got = _WIRE_NAMES.get(found.group(2), found.group(2))
+            return f"expected {at.describe()}, got {got} at {path}", True
+        length = _LENGTH.match(message)
+        if length:
+            got_length = length.group(2)
+            return f"expected {at.describe()}, got list of length {got_length} at {path}", True
+        enum = _ENUM.match(message)
+        if enum:
+            return f"expected {at.describe()}, got {enum.group(1)} at {path}", True
+    return f"{_generic(message)} at {path}", True
+
+
+def _generic(message: str) -> str:
+    found = _EXPECTED.match(message)
+    if found:
+        expected, got = (_WIRE_NAMES.get(g, g) for g in found.groups())
+        return f"expected {expected}, got {got}"
+    found = _MISSING.match(message)
+    if found:
+        return f"missing required key '{found.group(1)}'"
+    found = _UNKNOWN.match(message)
+    if found:
+        return f"unexpected key '{found.group(1)}'"
+    return message
 
 
 def encode(obj: Any) -> bytes:

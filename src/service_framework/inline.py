@@ -20,6 +20,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from types import ModuleType
 from typing import Any
 
@@ -29,7 +30,7 @@ from .errors import RemoteError, UnknownConnectionError, ValidationError
 from .loader import PreparedService, load_module, prepare_service
 from .logs import configure_logging
 from .models import ConnectionModel
-from .workflow import Flow, current_flow, outgoing_id
+from .workflow import Flow, current_flow, next_workflow_number, outgoing_flow
 
 __all__ = ["InlineServices"]
 
@@ -53,25 +54,38 @@ class _Target:
     none_ok: bool
 
 
+Route = Callable[[Any], Any]
+
+
 @dataclass
 class _Service:
     prepared: PreparedService
     to_send: _InlineSender
-    routes: dict[str, list[_Target]] = field(default_factory=dict)
-    targets: dict[str, ExternalTarget] = field(default_factory=dict)
+    # connection name -> a function delivering one message, built once per relation
+    routes: dict[str, Route] = field(default_factory=dict)
 
 
 class _InlineSender:
-    """``to_send`` for one inline service."""
+    """``to_send`` for one inline service: one dict lookup, then the route."""
 
-    __slots__ = ("_owner", "_service")
+    __slots__ = ("_routes", "_service")
 
-    def __init__(self, owner: InlineServices, service: str) -> None:
-        self._owner = owner
-        self._service = service
+    def __init__(self, service: _Service | None, name: str) -> None:
+        self._service = name
+        self._routes: dict[str, Route] = {} if service is None else service.routes
 
     def __call__(self, connection_name: str, args: Any) -> Any:
-        return self._owner._send(self._service, connection_name, args)
+        try:
+            route = self._routes[connection_name]
+        except (KeyError, TypeError):
+            route = self._missing(connection_name)
+        return route(args)
+
+    def _missing(self, connection_name: str) -> Route:
+        raise UnknownConnectionError(
+            f"{self._service}: no outbound connection {connection_name!r} "
+            f"(outbound connections: {', '.join(map(repr, self._routes)) or 'none'})"
+        )
 
     def __repr__(self) -> str:
         return f"<inline to_send of {self._service}>"
@@ -167,14 +181,20 @@ class InlineServices:
             raise ValueError(f"a service named {name!r} was already added; choose another name")
         module = load_module(source)
         prepared = prepare_service(module, name=name, config=config)
-        sender = _InlineSender(self, name)
-        service = _Service(prepared, sender)
+        service = _Service(prepared, _InlineSender(None, name))
+        service.to_send = _InlineSender(service, name)
         env = ConnectionEnv(
-            service=name, config=prepared.config, context=None, state=RunState(), to_send=sender
+            service=name,
+            config=prepared.config,
+            context=None,
+            state=RunState(),
+            to_send=service.to_send,
         )
         for conn_name, model in prepared.models.outbound.items():
             if model.kind is ExternalTarget:
-                service.targets[conn_name] = ExternalTarget(model, env)
+                service.routes[conn_name] = partial(call_target, ExternalTarget(model, env))
+            else:
+                service.routes[conn_name] = partial(_unrelated, name, conn_name)
         self._services[name] = service
 
     def add_relation(
@@ -226,7 +246,12 @@ class InlineServices:
                 f"{in_service_name}.{in_connection} already exists"
             )
         related.append(pair)
-        out_service.routes[out_connection] = [self._target(out_model, *p) for p in related]
+        targets = [self._target(out_model, *p) for p in related]
+        out_service.routes[out_connection] = (
+            _publish_route(out_model, targets)
+            if out_model.returns is None
+            else _request_route(out_model, targets)
+        )
 
     def _target(self, out_model: ConnectionModel, service_name: str, connection: str) -> _Target:
         service = self._services[service_name]
@@ -277,80 +302,148 @@ class InlineServices:
             raise ValueError(f"no service named {name!r} (services: {known})")
         return service
 
-    # ------------------------------------------------------------------ to_send
-    def _send(self, service_name: str, connection_name: str, args: Any) -> Any:
-        service = self._services[service_name]
-        targets = service.routes.get(connection_name)
-        if targets is None:
-            return self._send_unrouted(service, connection_name, args)
-        out_model = service.prepared.models.outbound[connection_name]
-        if not out_model.args.check(args):
-            raise out_model.args.error(args)
-        workflow_id = outgoing_id()
-        if out_model.returns is None:  # publisher: fan out, nothing comes back
-            for target in targets:
-                self._deliver(target, args, workflow_id, publish=True)
-            return None
-        replies = [self._deliver(target, args, workflow_id, publish=False) for target in targets]
-        given = [reply for reply in replies if reply is not None]
-        if len(given) > 1:
-            raise RuntimeError(
-                f"{service_name}.{connection_name} is related to {len(given)} handlers that "
-                "each returned a reply; a request gets exactly one reply"
-            )
-        result = given[0] if given else {}
-        if not out_model.returns.check(result):
-            raise out_model.returns.error(result)
-        return result
 
-    def _send_unrouted(self, service: _Service, connection_name: str, args: Any) -> Any:
-        target = service.targets.get(connection_name)
-        if target is not None:
-            return call_target(target, args)
-        models = service.prepared.models.outbound
-        if connection_name in models:
-            raise ValueError(
-                f"{service.prepared.name}.{connection_name} has no relation: call "
-                f"add_relation({service.prepared.name!r}, {connection_name!r}, ...) first"
-            )
-        names = ", ".join(map(repr, models)) or "none"
-        raise UnknownConnectionError(
-            f"{service.prepared.name}: no outbound connection {connection_name!r} "
-            f"(outbound connections: {names})"
-        )
 
-    @staticmethod
-    def _deliver(target: _Target, args: Any, workflow_id: str, *, publish: bool) -> Any:
-        """Call one handler as its service would on receiving the message."""
-        token = current_flow.set(Flow(workflow_id))
+def _unrelated(service: str, connection: str, args: Any) -> Any:
+    raise ValueError(
+        f"{service}.{connection} has no relation: call "
+        f"add_relation({service!r}, {connection!r}, ...) first"
+    )
+
+
+def _log_failure(target: _Target, error: Exception, flow: Flow) -> None:
+    LOG.error(
+        "%s: handler of connection '%s' raised %s: %s [%s]",
+        target.service,
+        target.connection,
+        type(error).__name__,
+        error,
+        flow.id,
+        exc_info=not isinstance(error, ValidationError),
+    )
+
+
+def _remote(target: _Target, error: Exception, flow: Flow) -> RemoteError:
+    """What the caller sees when the far side fails, as it would over the wire."""
+    _log_failure(target, error, flow)
+    return RemoteError(
+        type(error).__name__,
+        str(error),
+        connection=f"{target.service}: connection '{target.connection}'",
+        workflow_id=flow.id,
+    )
+
+
+def _request_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
+    """Deliver a request to its replyer(s); return the one validated reply."""
+    check_args, args_error = out_model.args.check, out_model.args.error
+    assert out_model.returns is not None
+    check_reply, reply_error = out_model.returns.check, out_model.returns.error
+
+    def call(target: _Target, args: Any, flow: Flow) -> Any:
+        # What the replyer's service would do on receiving the request.
+        token = current_flow.set(flow)
         try:
             if target.check_args is not None and not target.check_args(args):
                 raise target.model.args.error(args)
             result = target.handler(args, target.to_send, target.config)
-            if publish:
-                return None
             if result is None and target.none_ok:
                 return None
             if target.check_return is not None and not target.check_return(result):
                 assert target.model.returns is not None
                 raise target.model.returns.error(result)
             return result
-        except Exception as exc:
-            LOG.error(
-                "%s: handler of connection '%s' raised %s: %s",
-                target.service,
-                target.connection,
-                type(exc).__name__,
-                exc,
-                exc_info=not isinstance(exc, ValidationError),
-            )
-            if publish:
-                return None
-            raise RemoteError(
-                type(exc).__name__,
-                str(exc),
-                connection=f"{target.service}: connection '{target.connection}'",
-                workflow_id=workflow_id,
-            ) from exc
+        except Exception as error:
+            raise _remote(target, error, flow) from error
         finally:
             current_flow.reset(token)
+
+    if len(targets) == 1:
+        return _single_request_route(out_model, targets[0], call)
+
+    def fan_in(args: Any) -> Any:
+        if not check_args(args):
+            raise args_error(args)
+        flow = outgoing_flow()
+        # Each replyer counts its own onward sends from _1, as each would over the wire.
+        replies = (call(t, args, Flow(flow.id)) for t in targets)
+        given = [r for r in replies if r is not None]
+        if len(given) > 1:
+            raise RuntimeError(
+                f"{out_model.service}.{out_model.name} is related to {len(given)} handlers "
+                "that each returned a reply; a request gets exactly one reply"
+            )
+        result = given[0] if given else {}
+        if not check_reply(result):
+            raise reply_error(result)
+        return result
+
+    return fan_in
+
+
+def _single_request_route(
+    out_model: ConnectionModel, target: _Target, call: Callable[[_Target, Any, Flow], Any]
+) -> Route:
+    """The common case, one replyer, with every lookup bound once (the hot path)."""
+    check_args, args_error = out_model.args.check, out_model.args.error
+    assert out_model.returns is not None and target.model.returns is not None
+    check_reply, reply_error = out_model.returns.check, out_model.returns.error
+    handler, to_send, config = target.handler, target.to_send, target.config
+    check_in, check_return, none_ok = target.check_args, target.check_return, target.none_ok
+    if check_return is check_reply:
+        # The replyer checks its return with the very same function the requester would;
+        # its failure is what the wire would report (a RemoteError), so check once there.
+        check_reply = _always_true
+    get_flow, set_flow, reset_flow = current_flow.get, current_flow.set, current_flow.reset
+
+    def route(args: Any) -> Any:
+        if not check_args(args):
+            raise args_error(args)
+        parent = get_flow()
+        flow = Flow(None, None, next_workflow_number()) if parent is None else parent.child()
+        token = set_flow(flow)
+        try:
+            if check_in is not None and not check_in(args):
+                raise target.model.args.error(args)
+            result = handler(args, to_send, config)
+            if result is None and none_ok:
+                result = {}
+            elif check_return is not None and not check_return(result):
+                raise target.model.returns.error(result)  # type: ignore[union-attr]
+        except Exception as error:
+            raise _remote(target, error, flow) from error
+        finally:
+            reset_flow(token)
+        if not check_reply(result):
+            raise reply_error(result)
+        return result
+
+    return route
+
+
+def _always_true(value: Any) -> bool:
+    return True
+
+
+def _publish_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
+    """Deliver a published message to every related subscriber; nothing comes back, and
+    a subscriber's failure stays with it (it is logged), as over the wire."""
+    check_args, args_error = out_model.args.check, out_model.args.error
+
+    def route(args: Any) -> None:
+        if not check_args(args):
+            raise args_error(args)
+        flow = outgoing_flow()
+        for target in targets:
+            # Each subscriber counts its own onward sends, as each would over the wire.
+            token = current_flow.set(flow if len(targets) == 1 else Flow(flow.id))
+            try:
+                if target.check_args is not None and not target.check_args(args):
+                    raise target.model.args.error(args)
+                target.handler(args, target.to_send, target.config)
+            except Exception as error:
+                _log_failure(target, error, flow)
+            finally:
+                current_flow.reset(token)
+
+    return route

@@ -31,7 +31,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, ClassVar, Union
 
 import msgspec
@@ -71,7 +71,9 @@ class _CodeGen:
         self._consts: dict[int, str] = {}
 
     def const(self, obj: object) -> str:
-        if isinstance(obj, (str, int, float, bool)) or obj is None:
+        # Exact types only: a str subclass (an Enum member, say) has a repr that is not
+        # source code.
+        if type(obj) in (str, int, bool) or obj is None:
             return repr(obj)
         key = id(obj)
         name = self._consts.get(key)
@@ -178,6 +180,14 @@ class Node:
     def wire(self) -> Any:
         """The msgspec type this spec decodes as."""
         raise NotImplementedError
+
+    def compiled_check(self) -> Callable[[Any], bool]:
+        """The generated ``check(value) -> bool`` for this node (built once)."""
+        check: Callable[[Any], bool] | None = self.__dict__.get("_compiled_check")
+        if check is None:
+            check = _always_true if isinstance(self, AnyNode) else _build_check(self)
+            self._compiled_check = check
+        return check
 
     def conv(self, cg: _CodeGen, var: str) -> str | None:
         """Expression turning the decoded wire value into the plain value, if different."""
@@ -396,6 +406,11 @@ class VarTupleNode(Node):
     def wire(self) -> Any:
         return tuple[self.item.wire(), ...]  # type: ignore[misc]
 
+    def conv(self, cg: _CodeGen, var: str) -> str | None:
+        v = cg.var()
+        inner = self.item.conv(cg, v)
+        return None if inner is None else f"tuple({inner} for {v} in {var})"
+
 
 def _literal_ok(pairs: frozenset[tuple[type, object]], value: object) -> bool:
     try:
@@ -506,7 +521,7 @@ class DictNode(Node):
             return self.expected(value, path)
         for key, item in value.items():
             if self.key.explain(key, path):
-                return f"expected key of type {self.key.describe()}, got {key!r} at {path}"
+                return f"expected key of type {self.key.describe()}, got {_tname(key)} at {path}"
             why = self.value.explain(item, _path(path, key))
             if why:
                 return why
@@ -639,36 +654,44 @@ def _node_wire(node: Node, key: object) -> Any:
         raise UnsupportedOnWire(f"key {key!r}: {exc}") from exc
 
 
-_SEGMENT = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+_SEGMENT = re.compile(r"\.([^.\[]*)|\[(\d+|\.\.\.)\]")
 
 
-def node_at(node: Node, path: str) -> Node | None:
-    """The node a msgspec error path (``$.orders[2].qty``, ``$.m[...]``) points into."""
+def node_at(node: Node, path: str) -> tuple[Node | None, str]:
+    """The node a msgspec error path (``$.orders[2].qty``, ``$.m[...]``) points into, and
+    the path rewritten in the validator's notation (``$['my-key']`` for a key that is not
+    an identifier). ``(None, path)`` when the path cannot be followed."""
     if not path.startswith("$"):
-        return None
-    position = 1
+        return None, path
+    position, shown = 1, "$"
     while position < len(path):
         match = _SEGMENT.match(path, position)
         if match is None:
-            return None
+            return None, path
         position = match.end()
         key, index = match.groups()
+        found: Node | None = None
         if key is not None and isinstance(node, FieldsNode):
             found = node.required.get(key) or node.optional.get(key)
+            shown = _path(shown, key)
         elif key is not None and isinstance(node, ClassNode):
             found = node.fields.get(key)
+            shown = _path(shown, key)
         elif index == "..." and isinstance(node, DictNode):
-            found = node.value
+            found, shown = node.value, f"{shown}[...]"
         elif index is not None and isinstance(node, (ListNode, VarTupleNode, SetNode)):
-            found = node.item
-        elif index is not None and index != "..." and isinstance(node, TupleNode):
-            found = node.items[int(index)] if int(index) < len(node.items) else None
-        else:
-            found = None
+            found, shown = node.item, f"{shown}[{index}]"
+        elif (
+            index is not None
+            and index != "..."
+            and isinstance(node, TupleNode)
+            and int(index) < len(node.items)
+        ):
+            found, shown = node.items[int(index)], f"{shown}[{index}]"
         if found is None:
-            return None
+            return None, path
         node = found
-    return node
+    return node, shown
 
 
 class UnionNode(Node):
@@ -870,14 +893,14 @@ def _compile(spec: object, memo: dict[int, Node], where: str) -> Node:
 def _compile_typeddict(spec: type, memo: dict[int, Node], where: str) -> Node:
     if id(spec) in memo:
         return memo[id(spec)]
-    node = FieldsNode({}, {}, name=spec.__name__)
-    memo[id(spec)] = node
+    node = _TypedDictNode(spec)
+    memo[id(spec)] = node  # before the fields: a TypedDict may refer to itself
     hints = typing.get_type_hints(spec)
     required = getattr(spec, "__required_keys__", frozenset(hints))
     for key, hint in hints.items():
         target = node.required if key in required else node.optional
         target[key] = _compile(_strip_required(hint), memo, _path(where, key))
-    return _TypedDictNode(spec, node)
+    return node
 
 
 def _strip_required(hint: object) -> object:
@@ -891,8 +914,8 @@ def _strip_required(hint: object) -> object:
 class _TypedDictNode(FieldsNode):
     """A TypedDict: checked like a nested dict spec, decoded natively by msgspec."""
 
-    def __init__(self, td: type, inner: FieldsNode) -> None:
-        super().__init__(inner.required, inner.optional, name=td.__name__)
+    def __init__(self, td: type) -> None:
+        super().__init__({}, {}, name=td.__name__)
         self.td = td
 
     def test(self, cg: _CodeGen, var: str) -> str:
@@ -941,11 +964,52 @@ def compile_fields(required: object, optional: object, *, what: str = "model") -
     both = set(req) & set(opt)
     if both:
         raise SpecError(f"key {sorted(both)[0]!r} is both required and optional")
+    key = _spec_key((req, opt))
+    cached = _MODEL_CACHE.get(key) if key is not None else None
+    if cached is not None:
+        return cached
     memo: dict[int, Node] = {}
-    return FieldsNode(
+    node = FieldsNode(
         {k: _compile(v, memo, _path("$", k)) for k, v in req.items()},
         {k: _compile(v, memo, _path("$", k)) for k, v in opt.items()},
     )
+    if key is not None:
+        _MODEL_CACHE[key] = node
+    return node
+
+
+# Models with the same specs compile to the same node and so share one generated check:
+# InlineServices then sees that sender and receiver checks are identical and runs it once.
+_MODEL_CACHE: dict[Hashable, FieldsNode] = {}
+
+
+def _spec_key(spec: object) -> Hashable | None:
+    """A hashable, order-preserving key for a spec; ``None`` if it has none."""
+    if isinstance(spec, list):
+        parts = [_spec_key(s) for s in spec]
+        return None if None in parts else ("list", tuple(parts))
+    if isinstance(spec, tuple):
+        parts = [_spec_key(s) for s in spec]
+        return None if None in parts else ("tuple", tuple(parts))
+    if isinstance(spec, (set, frozenset)):
+        parts = [_spec_key(s) for s in spec]
+        return None if None in parts else ("set", frozenset(parts))
+    if isinstance(spec, dict):
+        items = [(_spec_key(k), _spec_key(v)) for k, v in spec.items()]
+        if any(k is None or v is None for k, v in items):
+            return None
+        return ("dict", tuple(items))
+    if _is_type_like(spec):
+        try:
+            hash(spec)
+        except TypeError:
+            return None
+        return ("type", spec)
+    try:
+        hash(spec)
+    except TypeError:
+        return None
+    return ("value", type(spec), spec)  # a literal: True and 1 stay apart
 
 
 # --------------------------------------------------------------------------- validator
@@ -979,9 +1043,7 @@ class Validator:
         self.service = service
         self.connection = connection
         self.direction = direction
-        self.check: Callable[[Any], bool] = (
-            _always_true if isinstance(node, AnyNode) else _build_check(node)
-        )
+        self.check: Callable[[Any], bool] = node.compiled_check()
 
     @property
     def unchecked(self) -> bool:

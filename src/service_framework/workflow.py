@@ -17,17 +17,44 @@ import os
 import secrets
 from contextvars import ContextVar
 
-__all__ = ["Flow", "current_flow", "current_workflow_id", "new_workflow_id", "outgoing_id"]
+__all__ = [
+    "Flow",
+    "current_flow",
+    "current_workflow_id",
+    "new_workflow_id",
+    "outgoing_flow",
+    "outgoing_id",
+]
 
 
 class Flow:
-    """The workflow a handler is serving: its id and how many sends it has made."""
+    """One message's place in a workflow: its id and how many sends it has made.
 
-    __slots__ = ("calls", "id")
+    The id string is built only when something reads it (an envelope, a log line), so
+    a call that nobody logs - inline, for instance - never formats one.
+    """
 
-    def __init__(self, workflow_id: str) -> None:
-        self.id = workflow_id
+    __slots__ = ("_id", "_n", "_parent", "calls")
+
+    def __init__(
+        self, workflow_id: str | None = None, parent: Flow | None = None, n: int = 0
+    ) -> None:
+        self._id = workflow_id
+        self._parent = parent
+        self._n = n
         self.calls = 0
+
+    @property
+    def id(self) -> str:
+        if self._id is None:
+            parent = self._parent
+            self._id = f"{_prefix}-{self._n}" if parent is None else f"{parent.id}_{self._n}"
+        return self._id
+
+    def child(self) -> Flow:
+        """The flow of the next message this one sends (``<id>_1``, ``<id>_2``, ...)."""
+        self.calls += 1
+        return Flow(None, self, self.calls)
 
     def __repr__(self) -> str:
         return f"Flow({self.id!r}, calls={self.calls})"
@@ -56,13 +83,21 @@ def new_workflow_id() -> str:
     return f"{_prefix}-{next(_counter)}"
 
 
+def outgoing_flow() -> Flow:
+    """The flow of a message about to be sent from the current context: a new workflow
+    outside any handler, the next call of the current one inside a handler."""
+    flow = current_flow.get()
+    return Flow(None, None, next(_counter)) if flow is None else flow.child()
+
+
+def next_workflow_number() -> int:
+    """The number of the next new workflow in this process."""
+    return next(_counter)
+
+
 def outgoing_id() -> str:
     """The id for a message about to be sent from the current context."""
-    flow = current_flow.get()
-    if flow is None:
-        return f"{_prefix}-{next(_counter)}"
-    flow.calls += 1
-    return f"{flow.id}_{flow.calls}"
+    return outgoing_flow().id
 
 
 def current_workflow_id() -> str | None:
