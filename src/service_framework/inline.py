@@ -303,7 +303,6 @@ class InlineServices:
         return service
 
 
-
 def _unrelated(service: str, connection: str, args: Any) -> Any:
     raise ValueError(
         f"{service}.{connection} has no relation: call "
