@@ -30,7 +30,7 @@ from .errors import RemoteError, UnknownConnectionError, ValidationError
 from .loader import PreparedService, load_module, prepare_service
 from .logs import configure_logging
 from .models import ConnectionModel
-from .workflow import Flow, current_flow, next_workflow_number, outgoing_flow
+from .workflow import Flow, current_flow, flow_of, outgoing_flow
 
 __all__ = ["InlineServices"]
 
@@ -365,7 +365,7 @@ def _request_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
             raise args_error(args)
         flow = outgoing_flow()
         # Each replyer counts its own onward sends from _1, as each would over the wire.
-        replies = (call(t, args, Flow(flow.id)) for t in targets)
+        replies = (call(t, args, flow_of(flow.id)) for t in targets)
         given = [r for r in replies if r is not None]
         if len(given) > 1:
             raise RuntimeError(
@@ -389,17 +389,16 @@ def _single_request_route(
     check_reply, reply_error = out_model.returns.check, out_model.returns.error
     handler, to_send, config = target.handler, target.to_send, target.config
     check_in, check_return, none_ok = target.check_args, target.check_return, target.none_ok
-    if check_return is check_reply:
-        # The replyer checks its return with the very same function the requester would;
-        # its failure is what the wire would report (a RemoteError), so check once there.
-        check_reply = _always_true
+    # When the replyer checks its return with the very same function the requester
+    # would, check once: the replyer's failure is what the wire would report.
+    reply_checked_twice = check_return is not check_reply
     get_flow, set_flow, reset_flow = current_flow.get, current_flow.set, current_flow.reset
 
     def route(args: Any) -> Any:
         if not check_args(args):
             raise args_error(args)
         parent = get_flow()
-        flow = Flow(None, None, next_workflow_number()) if parent is None else parent.child()
+        flow = Flow() if parent is None else parent.child()
         token = set_flow(flow)
         try:
             if check_in is not None and not check_in(args):
@@ -413,15 +412,11 @@ def _single_request_route(
             raise _remote(target, error, flow) from error
         finally:
             reset_flow(token)
-        if not check_reply(result):
+        if reply_checked_twice and not check_reply(result):
             raise reply_error(result)
         return result
 
     return route
-
-
-def _always_true(value: Any) -> bool:
-    return True
 
 
 def _publish_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
@@ -435,7 +430,7 @@ def _publish_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
         flow = outgoing_flow()
         for target in targets:
             # Each subscriber counts its own onward sends, as each would over the wire.
-            token = current_flow.set(flow if len(targets) == 1 else Flow(flow.id))
+            token = current_flow.set(flow if len(targets) == 1 else flow_of(flow.id))
             try:
                 if target.check_args is not None and not target.check_args(args):
                     raise target.model.args.error(args)

@@ -20,6 +20,7 @@ from contextvars import ContextVar
 __all__ = [
     "Flow",
     "current_flow",
+    "flow_of",
     "current_workflow_id",
     "new_workflow_id",
     "outgoing_flow",
@@ -30,34 +31,44 @@ __all__ = [
 class Flow:
     """One message's place in a workflow: its id and how many sends it has made.
 
-    The id string is built only when something reads it (an envelope, a log line), so
-    a call that nobody logs - inline, for instance - never formats one.
+    Built on every message, so it is kept as cheap as Python allows: no ``__init__``,
+    defaults on the class, and the id string (and, for a new workflow, its number) made
+    only when something reads it - an envelope, a log line. An inline call that nobody
+    logs never formats one.
     """
 
-    __slots__ = ("_id", "_n", "_parent", "calls")
-
-    def __init__(
-        self, workflow_id: str | None = None, parent: Flow | None = None, n: int = 0
-    ) -> None:
-        self._id = workflow_id
-        self._parent = parent
-        self._n = n
-        self.calls = 0
+    _id: str | None = None
+    _parent: Flow | None = None
+    _n: int = 0
+    calls: int = 0
 
     @property
     def id(self) -> str:
         if self._id is None:
             parent = self._parent
-            self._id = f"{_prefix}-{self._n}" if parent is None else f"{parent.id}_{self._n}"
+            if parent is None:
+                self._id = f"{_prefix}-{next(_counter)}"
+            else:
+                self._id = f"{parent.id}_{self._n}"
         return self._id
 
     def child(self) -> Flow:
         """The flow of the next message this one sends (``<id>_1``, ``<id>_2``, ...)."""
         self.calls += 1
-        return Flow(None, self, self.calls)
+        flow = Flow()
+        flow._parent = self
+        flow._n = self.calls
+        return flow
 
     def __repr__(self) -> str:
         return f"Flow({self.id!r}, calls={self.calls})"
+
+
+def flow_of(workflow_id: str) -> Flow:
+    """The flow of a received message that carries ``workflow_id``."""
+    flow = Flow()
+    flow._id = workflow_id
+    return flow
 
 
 current_flow: ContextVar[Flow | None] = ContextVar("service_framework_flow", default=None)
@@ -87,12 +98,7 @@ def outgoing_flow() -> Flow:
     """The flow of a message about to be sent from the current context: a new workflow
     outside any handler, the next call of the current one inside a handler."""
     flow = current_flow.get()
-    return Flow(None, None, next(_counter)) if flow is None else flow.child()
-
-
-def next_workflow_number() -> int:
-    """The number of the next new workflow in this process."""
-    return next(_counter)
+    return Flow() if flow is None else flow.child()
 
 
 def outgoing_id() -> str:

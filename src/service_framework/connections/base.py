@@ -29,7 +29,7 @@ import zmq
 
 from ..errors import ValidationError
 from ..transport import SocketOptions, bind_or_connect, parse_endpoints
-from ..workflow import Flow, current_flow
+from ..workflow import current_flow, flow_of
 
 if TYPE_CHECKING:
     from ..models import ConnectionModel
@@ -192,7 +192,7 @@ class InboundConnection(Connection):
 
     def invoke(self, args: Any, workflow_id: str) -> Any:
         """Run the handler with the message's workflow id as the current flow."""
-        token = current_flow.set(Flow(workflow_id))
+        token = current_flow.set(flow_of(workflow_id))
         try:
             return self.handler(args, self.env.to_send, self.env.config)
         finally:
@@ -210,7 +210,7 @@ class InboundConnection(Connection):
 
     def log_failed(self, error: BaseException, workflow_id: str) -> None:
         self.stats.failed += 1
-        token = current_flow.set(Flow(workflow_id))
+        token = current_flow.set(flow_of(workflow_id))
         try:
             self.env.log.error(
                 "%s: handler of connection '%s' raised %s: %s",
