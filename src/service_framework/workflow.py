@@ -20,8 +20,8 @@ from contextvars import ContextVar
 __all__ = [
     "Flow",
     "current_flow",
-    "flow_of",
     "current_workflow_id",
+    "flow_of",
     "new_workflow_id",
     "outgoing_flow",
     "outgoing_id",
