@@ -310,3 +310,37 @@ def test_idle_service_uses_no_cpu(echo_files, cli) -> None:
     threading.Event().wait(1.5)  # measure over an idle stretch
     used = (cpu_ticks() - before) / 100 / (time.monotonic() - started)  # CLK_TCK is 100
     assert used < 0.03
+
+
+def test_sigint_in_main_mode_runs_the_handler_with_to_send_and_exits_0(write_service, cli) -> None:
+    write_service(
+        "waiter",
+        """
+import threading
+from service_framework import get_logger
+LOG = get_logger()
+
+def note(text):
+    print(text, flush=True)
+
+def main(to_send, config):
+    LOG.info('main waiting')
+    threading.Event().wait(30)  # interrupted by the signal
+    print('main finished normally', flush=True)
+
+def sigint_handler(signum, frame, to_send, config):
+    to_send('note', {'text': f'sigint_handler got {signum}'})
+
+connection_models = {'out': {'note': {
+    'connection_type': 'external_target',
+    'required_creation_arguments': {'target': note},
+    'required_arguments': {'text': str},
+    'required_return_arguments': None, 'optional_return_arguments': None,
+}}}
+""",
+    )
+    process = cli("-s", "waiter.py", "-m")
+    process.wait_for("main waiting")
+    process.signal(signal.SIGINT)
+    assert process.finish() == 0
+    assert process.stdout().splitlines() == [f"sigint_handler got {int(signal.SIGINT)}"]
