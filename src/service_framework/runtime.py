@@ -72,12 +72,13 @@ class Sender:
     """The ``to_send(connection_name, args)`` function given to handlers, ``main``,
     ``init_function`` and signal handlers."""
 
-    __slots__ = ("_names", "_out", "_service")
+    __slots__ = ("_out", "_service")
 
-    def __init__(self, service: str, outbound: Mapping[str, OutboundConnection]) -> None:
+    def __init__(self, service: str, outbound: dict[str, OutboundConnection]) -> None:
+        # Holds the runtime's dict itself: handlers get this object before the outbound
+        # connections exist, and see them once they are filled in.
         self._service = service
-        self._out = dict(outbound)
-        self._names = ", ".join(map(repr, sorted(outbound))) or "none"
+        self._out = outbound
 
     def __call__(self, connection_name: str, args: Any) -> Any:
         try:
@@ -85,12 +86,15 @@ class Sender:
         except (KeyError, TypeError):
             raise UnknownConnectionError(
                 f"{self._service}: no outbound connection {connection_name!r} "
-                f"(outbound connections: {self._names})"
+                f"(outbound connections: {self._names()})"
             ) from None
         return connection.send(args, outgoing_id())
 
+    def _names(self) -> str:
+        return ", ".join(map(repr, sorted(self._out))) or "none"
+
     def __repr__(self) -> str:
-        return f"<to_send of {self._service}: {self._names}>"
+        return f"<to_send of {self._service}: {self._names()}>"
 
 
 class _Interrupted(BaseException):
@@ -210,8 +214,7 @@ class ServiceRuntime:
         assert self._context is not None
         debug = logging.getLogger("service_framework").isEnabledFor(logging.DEBUG)
         env_log = logging.getLogger(f"service_framework.service.{prepared.name}")
-        outbound: dict[str, OutboundConnection] = {}
-        self.to_send = Sender(prepared.name, outbound)
+        self.to_send = Sender(prepared.name, self.outbound)
         env = ConnectionEnv(
             service=prepared.name,
             config=prepared.config,
@@ -225,15 +228,11 @@ class ServiceRuntime:
         for name, model in prepared.models.outbound.items():
             out_conn = model.kind(model, env)
             assert isinstance(out_conn, OutboundConnection)
-            outbound[name] = out_conn
+            self.outbound[name] = out_conn
         for name, model in prepared.models.inbound.items():
             in_conn = model.kind(model, env)
             assert isinstance(in_conn, InboundConnection)
             self.inbound[name] = in_conn
-        self.outbound = outbound
-        # The Sender was built before the connections existed; give it the real map.
-        self.to_send = Sender(prepared.name, outbound)
-        env.to_send = self.to_send
         for side, group in (("in", self.inbound), ("out", self.outbound)):
             for name, connection in group.items():
                 connection.open(addresses[side].get(name, {}))
