@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from .errors import AddressError, ConfigError
 
@@ -47,8 +48,13 @@ def create_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, 
     fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(_certificate(public, secret))
-    os.chmod(secret_file, 0o600)  # in case the umask or filesystem widened it
-    public_file.write_text(_certificate(public, None))
+    os.chmod(secret_file, 0o600)  # in case the filesystem widened it
+    # The public key is shareable but must not be replaceable by others (whoever can
+    # swap a server or authorized key can impersonate or admit).
+    fd = os.open(public_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(_certificate(public, None))
+    os.chmod(public_file, 0o644)
     return public_file, secret_file
 
 
@@ -60,20 +66,28 @@ def _certificate(public: bytes, secret: bytes | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _valid_key(key: bytes | None) -> bool:
+    """A CURVE key in Z85 text: 40 characters decoding to 32 bytes."""
+    if key is None or len(key) != 40:
+        return False
+    try:
+        return len(z85.decode(key)) == 32
+    except Exception:  # KeyError, struct.error, ValueError: not Z85
+        return False
+
+
 def load_public_key(value: str, *, where: str) -> bytes:
     """A server public key from Z85 text (40 characters) or a ``.key`` file path."""
     if len(value) == 40 and not os.path.exists(value):
-        try:
-            zmq.utils.z85.decode(value.encode())
-        except ValueError:
-            raise AddressError(f"{where}: server_public_key is not valid Z85 text") from None
+        if not _valid_key(value.encode()):
+            raise AddressError(f"{where}: server_public_key is not a valid Z85 CURVE key")
         return value.encode()
     try:
         public, _ = zmq.auth.load_certificate(value)
     except (OSError, ValueError) as exc:
         raise AddressError(f"{where}: cannot read server_public_key {value!r}: {exc}") from None
-    if public is None:
-        raise AddressError(f"{where}: {value!r} holds no public key")
+    if not _valid_key(public):
+        raise AddressError(f"{where}: server_public_key {value!r} holds no valid CURVE key")
     return bytes(public)
 
 
@@ -105,9 +119,13 @@ class Curve:
             raise ConfigError(f"cannot read CURVE secret key file {path}: {exc}") from None
         if secret is None or public is None:
             raise ConfigError(f"{path} holds no secret key (use the NAME.key_secret file)")
+        if not (_valid_key(public) and _valid_key(secret)):
+            raise ConfigError(f"{path} does not hold a valid CURVE key pair")
         if path.stat().st_mode & 0o077:
             raise ConfigError(f"CURVE secret key file {path} is readable by others; chmod 600 it")
         folder = None
+        if authorized_keys is not None and allow_any:
+            raise ConfigError("give an authorized keys directory or allow_any, not both")
         if authorized_keys is not None:
             folder = Path(authorized_keys)
             if not folder.is_dir():
@@ -119,6 +137,13 @@ class Curve:
             )
         return cls(bytes(public), bytes(secret), folder, allow_any)
 
+    def __post_init__(self) -> None:
+        # Fail closed: a Curve must say who may connect.
+        if (self.authorized_keys is None) == (not self.allow_any):
+            raise ConfigError(
+                "CURVE needs exactly one of: an authorized keys directory, or allow_any=True"
+            )
+
     def start(self, context: zmq.Context[Any]) -> ThreadAuthenticator:
         """Start the ZAP authenticator on ``context``; call before any socket binds."""
         auth = ThreadAuthenticator(context)
@@ -126,7 +151,9 @@ class Curve:
         location = (
             zmq.auth.CURVE_ALLOW_ANY if self.authorized_keys is None else str(self.authorized_keys)
         )
-        auth.configure_curve(domain="*", location=location)
+        # The domain must be the one server sockets announce: pyzmq maps only an empty
+        # domain to its '*' default, and libzmq refuses an empty ZAP_DOMAIN.
+        auth.configure_curve(domain=ZAP_DOMAIN, location=location)
         return auth
 
     def make_server(self, sock: zmq.Socket[Any]) -> None:
