@@ -488,8 +488,7 @@ class Relay:
 def test_an_eavesdropper_sees_no_plaintext(
     write_service, run_service, client, curve_client, keys, secure
 ) -> None:
-    # Encryption does not depend on who is authorized; allow_any keeps this test
-    # independent of the authorized-keys bug.
+    # Encryption does not depend on who is authorized, so allow_any is enough here.
     marker = "MARKER-7f3a9c-secret-order"
     curve = keys.server_curve("allow_any") if secure else None
     service = start_replyer(write_service, run_service, curve)
