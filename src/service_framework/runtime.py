@@ -20,7 +20,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any
@@ -151,7 +151,8 @@ class ServiceRuntime:
         self._context = zmq.Context()
         try:
             if self.options.curve is not None:
-                self._authenticator = self.options.curve.start(self._context)
+                with signals_blocked():
+                    self._authenticator = self.options.curve.start(self._context)
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_w, False)
             self._open_connections(prepared, addresses)
@@ -222,6 +223,7 @@ class ServiceRuntime:
             state=self.state,
             to_send=self.to_send,
             curve=self.options.curve,
+            monitor=self._monitor,
             debug=debug,
             log=env_log,
         )
@@ -236,9 +238,6 @@ class ServiceRuntime:
         for side, group in (("in", self.inbound), ("out", self.outbound)):
             for name, connection in group.items():
                 connection.open(addresses[side].get(name, {}))
-                for sock in connection.sockets():
-                    if connection.type_name != "requester":  # its sockets are replaced
-                        self._monitor(sock, connection)
 
     def _monitor(self, sock: zmq.Socket[Any], connection: Connection) -> None:
         try:
@@ -281,7 +280,8 @@ class ServiceRuntime:
                 self._loop_thread = threading.Thread(
                     target=self._serve_safely, name=f"{prepared.name}-loop", daemon=True
                 )
-                self._loop_thread.start()
+                with signals_blocked():
+                    self._loop_thread.start()
                 self._phase = "main"
                 module.main(self.to_send, config)
             elif self.inbound:
@@ -502,6 +502,23 @@ class ServiceRuntime:
         self._wake_r = self._wake_w = -1
 
 
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Start threads inside this block: a thread inherits the signal mask of the thread
+    that creates it, so SIGINT/SIGTERM then only ever reach the main thread. (The kernel
+    may hand a process signal to any thread that does not block it; Python runs handlers
+    in the main thread only, and only when that thread next runs Python code - which a
+    ``main`` blocked in a long wait may not do for a long time.)"""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _describe_endpoints(endpoints: dict[str, dict[str, list[str]]]) -> str:
     parts = [
         f"{name}={','.join(urls)}"
@@ -516,7 +533,8 @@ def _term_with_watchdog(context: zmq.Context[Any], service: str, timeout_s: floa
     """``ctx.term()`` blocks until every socket is closed and flushed; never let that
     hang the process (pyzmq's own tests use the same watchdog)."""
     thread = threading.Thread(target=context.term, name=f"{service}-term", daemon=True)
-    thread.start()
+    with signals_blocked():
+        thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
         LOG.error(

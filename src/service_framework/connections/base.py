@@ -83,6 +83,9 @@ class ConnectionEnv:
     state: RunState
     to_send: ToSend
     curve: Curve | None = None
+    # Called with each new socket before it binds or connects, so no connection event
+    # is missed (the runtime logs and counts peers coming and going).
+    monitor: Callable[[zmq.Socket[Any], Connection], None] | None = None
     debug: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("service_framework"))
 
@@ -143,8 +146,11 @@ class Connection:
         """Every socket this connection owns (for monitoring)."""
         return ()
 
-    def _socket(self, kind: int, addresses: Mapping[str, Any], key: str) -> zmq.Socket[Any]:
-        """A new socket of ``kind`` with the safe defaults, security, bound or connected."""
+    def _socket(
+        self, kind: int, addresses: Mapping[str, Any], key: str, *, monitored: bool = True
+    ) -> zmq.Socket[Any]:
+        """A new socket of ``kind`` with the safe defaults, security, monitoring (unless
+        ``monitored`` is false), bound or connected."""
         bind = self.binding()
         endpoints = parse_endpoints(addresses[key], bind=bind, where=self.where(key))
         assert self.env.context is not None, "sockets need the runtime's zmq context"
@@ -156,6 +162,8 @@ class Connection:
                     self.env.curve.make_server(sock)
                 else:
                     self.env.curve.make_client(sock, addresses, where=self.where())
+            if monitored and self.env.monitor is not None:
+                self.env.monitor(sock, self)
             self.endpoints = bind_or_connect(sock, endpoints, bind=bind, where=self.where(key))
         except BaseException:
             sock.close(linger=0)

@@ -71,7 +71,9 @@ class Requester(OutboundConnection):
         self.socket = self._fresh_socket()
 
     def _fresh_socket(self) -> zmq.Socket[Any]:
-        sock = self._socket(zmq.REQ, self._addresses, "requester")
+        # Not monitored: each retry replaces the socket, and a timeout already says the
+        # peer is gone.
+        sock = self._socket(zmq.REQ, self._addresses, "requester", monitored=False)
         timeout_ms = max(1, int(self.timeout_s * 1000))
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
