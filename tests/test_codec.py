@@ -434,6 +434,12 @@ class TestPublish:
         assert not long_frame.startswith(short.prefix)  # ...the msgpack-encoded one does not
         assert not short_frame.startswith(long.prefix)
 
+    def test_topic_codec_rejects_a_frame_of_another_topic(self, pub_args: Validator) -> None:
+        # SUB filters only a message's first frame; later frames reach the decoder as is.
+        orders, other = PublishCodec(pub_args, "orders"), PublishCodec(pub_args, "fills")
+        with pytest.raises(DecodeError, match="does not start with this connection's topic"):
+            orders.decode(other.encode({"qty": 1}, "w"))
+
     def test_round_trip(self, pub_args: Validator) -> None:
         codec = PublishCodec(pub_args, "orders")
         request = codec.decode(codec.encode({"qty": 2, "note": "n"}, "wf-p"))

@@ -30,6 +30,8 @@ HERE = Path(__file__).resolve().parent
 
 def port_is_free(port: int) -> bool:
     with socket.socket() as probe:
+        # As libzmq binds: a port held only by TIME_WAIT connections (a previous run) is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:
@@ -89,8 +91,11 @@ class ServiceProcess:
         self.lines.put(None)
 
     def wait_for(self, pattern: str, timeout: float = 30.0) -> None:
+        """Wait for a log line matching ``pattern`` (lines already seen count too)."""
         deadline = time.monotonic() + timeout
         regex = re.compile(pattern)
+        if any(regex.search(line) for line in self.log):
+            return
         while time.monotonic() < deadline:
             try:
                 line = self.lines.get(timeout=0.1)

@@ -346,8 +346,11 @@ class PublishCodec:
             start = split_topic(frame)
             if start < 0:
                 raise DecodeError("frame does not start with a msgpack topic string")
+        elif frame.startswith(self.prefix):
+            start = len(self.prefix)
         else:
-            start = len(self.prefix)  # the SUB socket only delivers frames with this prefix
+            # SUB filters only the first frame of a message; later frames arrive as is.
+            raise DecodeError("frame does not start with this connection's topic")
         d = self._decoding
         try:
             env = d.decoder.decode(memoryview(frame)[start:])

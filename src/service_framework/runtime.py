@@ -26,11 +26,9 @@ from types import FrameType, ModuleType
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from .config import validate_addresses_shape
 from .connections.base import (
-    Connection,
     ConnectionEnv,
     ConnectionStats,
     InboundConnection,
@@ -39,6 +37,7 @@ from .connections.base import (
 )
 from .errors import AddressError, HookError, StartupError, UnknownConnectionError
 from .loader import PreparedService, call_hook, load_module, prepare_service
+from .monitoring import PeerWatch
 from .security import Curve
 from .workflow import outgoing_id
 
@@ -47,14 +46,6 @@ __all__ = ["RunOptions", "Sender", "ServiceRuntime"]
 LOG = logging.getLogger("service_framework.runtime")
 
 _POLL_MS = 1000  # the loop re-checks its flags at least this often; the wake pipe is instant
-_MONITOR_EVENTS = (
-    zmq.EVENT_CONNECTED
-    | zmq.EVENT_ACCEPTED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
 
 
 @dataclass(frozen=True)
@@ -126,7 +117,7 @@ class ServiceRuntime:
         self._context: zmq.Context[Any] | None = None
         self._authenticator: Any = None
         self._wake_r, self._wake_w = -1, -1
-        self._monitors: dict[zmq.Socket[Any], Connection] = {}
+        self._peers: PeerWatch | None = None
         self._phase = "new"
         self._pending_signal: tuple[int, FrameType | None] | None = None
         self._signals_seen = 0
@@ -149,6 +140,7 @@ class ServiceRuntime:
         self.prepared = prepared
         addresses = self._setup_addresses(prepared)
         self._context = zmq.Context()
+        self._peers = PeerWatch(prepared.name)
         try:
             if self.options.curve is not None:
                 with signals_blocked():
@@ -156,6 +148,8 @@ class ServiceRuntime:
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_w, False)
             self._open_connections(prepared, addresses)
+            with signals_blocked():
+                self._peers.start()
         except BaseException:
             self.close()
             raise
@@ -223,7 +217,7 @@ class ServiceRuntime:
             state=self.state,
             to_send=self.to_send,
             curve=self.options.curve,
-            monitor=self._monitor,
+            monitor=self._peers.add if self._peers is not None else None,
             debug=debug,
             log=env_log,
         )
@@ -238,13 +232,6 @@ class ServiceRuntime:
         for side, group in (("in", self.inbound), ("out", self.outbound)):
             for name, connection in group.items():
                 connection.open(addresses[side].get(name, {}))
-
-    def _monitor(self, sock: zmq.Socket[Any], connection: Connection) -> None:
-        try:
-            monitor = sock.get_monitor_socket(_MONITOR_EVENTS)
-        except zmq.ZMQError:  # pragma: no cover - monitoring is best effort
-            return
-        self._monitors[monitor] = connection
 
     def endpoints(self) -> dict[str, dict[str, list[str]]]:
         """The actual endpoints per connection (binding to port 0 picks a free port)."""
@@ -324,9 +311,6 @@ class ServiceRuntime:
             for sock, drain in connection.readers():
                 poller.register(sock, zmq.POLLIN)
                 drains[sock] = drain
-        for monitor, owner in self._monitors.items():
-            poller.register(monitor, zmq.POLLIN)
-            drains[monitor] = self._monitor_reader(monitor, owner)
         wake = self._wake_r
         poller.register(wake, zmq.POLLIN)
         state = self.state
@@ -354,41 +338,6 @@ class ServiceRuntime:
                 connection.finish(deadline)
             except Exception:  # pragma: no cover - shutdown must go on
                 LOG.exception("%s: finishing connection '%s' failed", self.name, connection.name)
-
-    def _monitor_reader(
-        self, monitor: zmq.Socket[Any], connection: Connection
-    ) -> Callable[[], None]:
-        service = self.name
-
-        def read() -> None:
-            while int(monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                try:
-                    event = recv_monitor_message(monitor, zmq.NOBLOCK)
-                except zmq.Again:
-                    return
-                kind = int(event["event"])
-                endpoint = event.get("endpoint", b"")
-                peer = endpoint.decode() if isinstance(endpoint, bytes) else str(endpoint)
-                if kind in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
-                    connection.stats.peers_connected += 1
-                    LOG.info(
-                        "%s: connection '%s' peer connected (%s)", service, connection.name, peer
-                    )
-                elif kind == zmq.EVENT_DISCONNECTED:
-                    connection.stats.peers_disconnected += 1
-                    LOG.warning(
-                        "%s: connection '%s' peer disconnected (%s)", service, connection.name, peer
-                    )
-                else:
-                    LOG.warning(
-                        "%s: connection '%s' rejected a peer's handshake (%s, event %s)",
-                        service,
-                        connection.name,
-                        peer,
-                        zmq.Event(kind).name,
-                    )
-
-        return read
 
     def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once when asked to stop."""
@@ -482,9 +431,9 @@ class ServiceRuntime:
         if self._closed:
             return
         self._closed = True
-        for monitor in self._monitors:
-            monitor.close(linger=0)
-        self._monitors.clear()
+        if self._peers is not None:
+            self._peers.close()
+            self._peers = None
         for connection in (*self.inbound.values(), *self.outbound.values()):
             try:
                 connection.close()

@@ -59,7 +59,9 @@ class Replyer(InboundConnection):
         return ((self.socket, self.drain),)
 
     def drain(self) -> None:
-        self._take(self.batch, stoppable=True)
+        # One request per poll turn: a REP socket holds the next request only after the
+        # reply, and probing for it costs more (a raised zmq.Again) than polling again.
+        self._take(1, stoppable=True)
 
     def finish(self, deadline: float) -> None:
         sock = self.socket
