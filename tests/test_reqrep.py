@@ -333,6 +333,33 @@ def test_late_reply_is_never_taken_for_a_later_request(client, server) -> None:
     assert reply == {"order_id": "second", "total": 2.0}
 
 
+def test_a_multi_frame_reply_does_not_wedge_the_requester(client, server) -> None:
+    import threading
+
+    runtime = client(
+        requester_models(timeout_s=5), {"out": {"request": {"requester": server.address}}}
+    )
+    replies: list[dict[str, Any]] = []
+
+    def call(order_id: str) -> None:
+        replies.append(runtime.to_send("request", {**ORDER, "order_id": order_id}))
+
+    first = threading.Thread(target=call, args=("a",))
+    first.start()
+    envelope, _ = server.receive()
+    reply = MessageCodec.encode_reply({"order_id": "a", "total": 1.0}, "")
+    server.sock.send_multipart([*envelope, reply, b"an extra frame"])
+    first.join(5)
+    # The next request goes out on a fresh socket (REQ would refuse to send on the old
+    # one with a frame still unread) and is answered normally.
+    second = threading.Thread(target=call, args=("b",))
+    second.start()
+    envelope, request = server.receive()
+    server.answer(envelope, {"order_id": request["args"]["order_id"], "total": 2.0})
+    second.join(5)
+    assert replies == [{"order_id": "a", "total": 1.0}, {"order_id": "b", "total": 2.0}]
+
+
 def test_requester_is_thread_safe(replyer, requester) -> None:
     import threading
 

@@ -21,7 +21,7 @@ Nothing is ever unpickled: msgpack has no code-bearing types and no ext hook is 
 from __future__ import annotations
 
 import re
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, Protocol, runtime_checkable
 
 import msgspec
 
@@ -53,13 +53,21 @@ class _Loose(msgspec.Struct):
     workflow_id: Any = ""
 
 
-class Request(NamedTuple):
+@runtime_checkable
+class Request(Protocol):
+    """A decoded request or published message (the envelope itself, ``args`` already
+    converted to plain values: no per-message wrapper object is built)."""
+
     args: Any
     workflow_id: str
     meta: dict[str, Any] | None
 
 
-class Reply(NamedTuple):
+@runtime_checkable
+class Reply(Protocol):
+    """A decoded reply: ``error`` is ``None`` or the far side's error; otherwise
+    ``return_args`` holds the (converted) reply."""
+
     return_args: Any
     error: ErrorInfo | None
     workflow_id: str
@@ -269,8 +277,9 @@ class MessageCodec:
             raise d.fail(exc) from None
         if env.v != ENVELOPE_VERSION:
             raise DecodeError(f"unsupported envelope version {env.v} (this side speaks 1)")
-        args = env.args if d.convert is None else d.convert(env.args)
-        return Request(args, env.workflow_id, env.meta)
+        if d.convert is not None:
+            env.args = d.convert(env.args)
+        return env  # type: ignore[no-any-return]
 
     @staticmethod
     def workflow_id_of(frame: bytes | memoryview) -> str:
@@ -301,11 +310,13 @@ class MessageCodec:
         if env.v != ENVELOPE_VERSION:
             raise DecodeError(f"unsupported envelope version {env.v} (this side speaks 1)")
         if env.error is not None:
-            return Reply(None, env.error, env.workflow_id)
-        ret = env.return_args
-        if ret is msgspec.UNSET:
+            env.return_args = None  # an error reply carries no result
+            return env  # type: ignore[no-any-return]
+        if env.return_args is msgspec.UNSET:
             raise DecodeError("reply has neither return_args nor error")
-        return Reply(ret if d.convert is None else d.convert(ret), None, env.workflow_id)
+        if d.convert is not None:
+            env.return_args = d.convert(env.return_args)
+        return env  # type: ignore[no-any-return]
 
 
 class PublishCodec:
@@ -358,8 +369,9 @@ class PublishCodec:
             raise d.fail(exc) from None
         if env.v != ENVELOPE_VERSION:
             raise DecodeError(f"unsupported envelope version {env.v} (this side speaks 1)")
-        args = env.args if d.convert is None else d.convert(env.args)
-        return Request(args, env.workflow_id, env.meta)
+        if d.convert is not None:
+            env.args = d.convert(env.args)
+        return env  # type: ignore[no-any-return]
 
     def workflow_id_of(self, frame: bytes) -> str:
         start = split_topic(frame)

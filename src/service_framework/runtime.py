@@ -33,6 +33,7 @@ from .connections.base import (
     ConnectionStats,
     InboundConnection,
     OutboundConnection,
+    Reader,
     RunState,
 )
 from .errors import AddressError, HookError, StartupError, UnknownConnectionError
@@ -45,7 +46,9 @@ __all__ = ["RunOptions", "Sender", "ServiceRuntime"]
 
 LOG = logging.getLogger("service_framework.runtime")
 
-_POLL_MS = 1000  # the loop re-checks its flags at least this often; the wake pipe is instant
+_POLL_MS = 1000  # the polling loop re-checks its flags at least this often (the wake pipe
+# wakes it at once)
+_BLOCKING_RECV_MS = 100  # a single-socket loop notices a stop request within this
 
 
 @dataclass(frozen=True)
@@ -305,12 +308,41 @@ class ServiceRuntime:
             LOG.exception("%s: service loop failed", self.name)
 
     def _serve(self) -> None:
-        poller = zmq.Poller()
-        drains: dict[Any, Callable[[], None]] = {}
+        readers = [reader for conn in self.inbound.values() for reader in conn.readers()]
+        if len(readers) == 1 and not self.options.min_wait_s:
+            self._serve_one(readers[0])
+        else:
+            self._serve_many(readers)
+        # Stopped taking new work; handle (and answer) what has already arrived.
+        deadline = time.monotonic() + self.options.stop_timeout_s
         for connection in self.inbound.values():
-            for sock, drain in connection.readers():
-                poller.register(sock, zmq.POLLIN)
-                drains[sock] = drain
+            try:
+                connection.finish(deadline)
+            except Exception:  # pragma: no cover - shutdown must go on
+                LOG.exception("%s: finishing connection '%s' failed", self.name, connection.name)
+
+    def _serve_one(self, reader: Reader) -> None:
+        """The common case, one inbound socket: block in recv, as a bare loop would (a poll
+        per message would double the system calls). The receive timeout bounds how long a
+        stop request waits."""
+        sock, handle, state = reader.socket, reader.handle, self.state
+        sock.setsockopt(zmq.RCVTIMEO, _BLOCKING_RECV_MS)
+        recv = sock.recv
+        while not state.stopping:
+            try:
+                frame = recv()
+            except zmq.Again:
+                continue
+            handle(frame)
+
+    def _serve_many(self, readers: list[Reader]) -> None:
+        """Several inbound sockets (or a pause between turns): poll them all, then take
+        up to each socket's batch of frames; a stop request wakes the poll at once."""
+        poller = zmq.Poller()
+        by_socket: dict[Any, Reader] = {}
+        for reader in readers:
+            poller.register(reader.socket, zmq.POLLIN)
+            by_socket[reader.socket] = reader
         wake = self._wake_r
         poller.register(wake, zmq.POLLIN)
         state = self.state
@@ -324,20 +356,22 @@ class ServiceRuntime:
                 if sock == wake:
                     self._drain_wake()
                     continue
-                drains[sock]()
-                if state.stopped():  # a handler (or a signal) asked to stop
+                reader = by_socket[sock]
+                handle = reader.handle
+                for _ in range(reader.batch):
+                    try:
+                        frame = sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    handle(frame)
+                    if state.stopped():  # a handler (or a signal) asked to stop
+                        break
+                if state.stopped():
                     break
             if min_wait and not state.stopping:
                 remaining = min_wait - (time.monotonic() - started)
                 if remaining > 0:
                     self._pause(remaining)
-        # Stopped taking new work; handle (and answer) what has already arrived.
-        deadline = time.monotonic() + self.options.stop_timeout_s
-        for connection in self.inbound.values():
-            try:
-                connection.finish(deadline)
-            except Exception:  # pragma: no cover - shutdown must go on
-                LOG.exception("%s: finishing connection '%s' failed", self.name, connection.name)
 
     def _pause(self, seconds: float) -> None:
         """Sleep, but wake at once when asked to stop."""

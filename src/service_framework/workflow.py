@@ -102,8 +102,13 @@ def outgoing_flow() -> Flow:
 
 
 def outgoing_id() -> str:
-    """The id for a message about to be sent from the current context."""
-    return outgoing_flow().id
+    """The id for a message about to be sent from the current context (what
+    ``outgoing_flow().id`` would be, without building the Flow)."""
+    flow = current_flow.get()
+    if flow is None:
+        return f"{_prefix}-{next(_counter)}"
+    flow.calls += 1
+    return f"{flow.id}_{flow.calls}"
 
 
 def current_workflow_id() -> str | None:

@@ -11,8 +11,9 @@ A connection type is a class that states, as class attributes, what it needs:
 * ``has_reply`` - whether return models apply.
 
 and implements :meth:`Connection.open` / :meth:`Connection.close`, then either
-:meth:`InboundConnection.readers` (sockets for the loop to poll, each with a callback
-that drains it) or :meth:`OutboundConnection.send`. The loop never asks which type a
+:meth:`InboundConnection.readers` (its sockets, each with a function that handles one
+frame taken off it) or :meth:`OutboundConnection.send`. The loop does the receiving -
+polling several sockets, or blocking on the only one - and never asks which type a
 connection is, so a new type (PUSH/PULL, an HTTP target, a broker) is a new module
 registered in ``connections/__init__.py``.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -41,6 +43,7 @@ __all__ = [
     "ConnectionStats",
     "InboundConnection",
     "OutboundConnection",
+    "Reader",
     "RunState",
 ]
 
@@ -175,12 +178,19 @@ class Connection:
         return f"<{type(self).__name__} {self.env.service}.{self.name} ({where})>"
 
 
+@dataclass(frozen=True)
+class Reader:
+    """One inbound socket and what to do with each frame the loop takes off it."""
+
+    socket: zmq.Socket[Any]
+    handle: Callable[[bytes], None]  # never raises for bad input or a failing handler
+    batch: int = 64  # frames taken per poll turn before the loop looks at other sockets
+
+
 class InboundConnection(Connection):
     """A connection the service loop feeds: it owns a handler and one or more sockets."""
 
     side = "in"
-    # Messages taken from one socket per poll before the loop looks at the others.
-    batch: ClassVar[int] = 64
 
     def __init__(self, model: ConnectionModel, env: ConnectionEnv) -> None:
         super().__init__(model, env)
@@ -188,15 +198,21 @@ class InboundConnection(Connection):
             "connection_function"
         ]
 
-    def readers(self) -> Sequence[tuple[zmq.Socket[Any], Callable[[], None]]]:
-        """``(socket, drain)`` pairs: the loop calls ``drain()`` when the socket is readable;
-        ``drain`` handles up to ``batch`` messages and returns."""
+    def readers(self) -> Sequence[Reader]:
+        """The sockets the loop receives from (built once, when the loop starts)."""
         raise NotImplementedError
 
     def finish(self, deadline: float) -> None:
-        """At shutdown, after the loop stopped: stop accepting new peers and handle what
-        has already arrived, until it is handled or ``time.monotonic()`` passes
-        ``deadline``. Runs in the loop's thread."""
+        """At shutdown, after the loop stopped taking new work: handle what has already
+        arrived, until it is handled or ``time.monotonic()`` passes ``deadline``. Runs in
+        the loop's thread."""
+        for reader in self.readers():
+            while time.monotonic() < deadline:
+                try:
+                    frame = reader.socket.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                reader.handle(frame)
 
     def invoke(self, args: Any, workflow_id: str) -> Any:
         """Run the handler with the message's workflow id as the current flow."""

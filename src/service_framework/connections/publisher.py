@@ -42,6 +42,8 @@ class Publisher(OutboundConnection):
         )
         self._check_args = model.args.check
         self._args_error = model.args.error
+        self._encode = self.codec.encode
+        self._debug = env.debug
         self.socket: zmq.Socket[Any] | None = None
 
     @classmethod
@@ -75,10 +77,10 @@ class Publisher(OutboundConnection):
         if not self._check_args(args):
             raise self._args_error(args)
         try:
-            frame = self.codec.encode(args, workflow_id)
+            frame = self._encode(args, workflow_id)
         except (TypeError, ValueError, OverflowError) as exc:
             raise self.unencodable(exc) from None
-        if self.env.debug:
+        if self._debug:
             self.env.log.debug(
                 "%s: publishing on '%s' [%s]", self.env.service, self.name, workflow_id
             )
@@ -86,6 +88,5 @@ class Publisher(OutboundConnection):
             sock = self.socket
             if sock is None:
                 raise RuntimeError(f"{self.env.service}: connection '{self.name}' is closed")
-            sock.send(frame)
+            sock.send(frame)  # PUB never blocks: beyond sndhwm, messages are dropped
         self.stats.handled += 1
-        return None

@@ -8,7 +8,6 @@ state machine can never wedge and the requester never waits on a message we drop
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ import zmq
 
 from ..codec import MessageCodec
 from ..errors import DecodeError, ValidationError
-from .base import ConnectionEnv, InboundConnection
+from .base import ConnectionEnv, InboundConnection, Reader
 
 __all__ = ["Replyer"]
 
@@ -54,48 +53,24 @@ class Replyer(InboundConnection):
     def sockets(self) -> Sequence[zmq.Socket[Any]]:
         return () if self.socket is None else (self.socket,)
 
-    def readers(self) -> Sequence[tuple[zmq.Socket[Any], Callable[[], None]]]:
-        assert self.socket is not None
-        return ((self.socket, self.drain),)
-
-    def drain(self) -> None:
-        # One request per poll turn: a REP socket holds the next request only after the
-        # reply, and probing for it costs more (a raised zmq.Again) than polling again.
-        self._take(1, stoppable=True)
-
-    def finish(self, deadline: float) -> None:
-        sock = self.socket
-        if sock is None:
-            return
-        # Answer every request already queued: their callers are waiting on them. (No
-        # unbind first: libzmq drops the queues of connections accepted on an unbound
-        # endpoint. The socket closes, refusing new work, once this returns.)
-        while time.monotonic() < deadline and self._take(self.batch, stoppable=False):
-            pass
-
-    def _take(self, limit: int, *, stoppable: bool) -> bool:
-        """Answer up to ``limit`` queued requests; False once the socket is empty."""
+    def readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        state = self.env.state
-        stats = self.stats
-        respond = self.respond
-        for _ in range(limit):
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return False
+        stats, respond, send, more = self.stats, self.respond, sock.send, sock.getsockopt
+
+        def handle(frame: bytes) -> None:
             stats.received += 1
-            if sock.getsockopt(zmq.RCVMORE):
+            if more(zmq.RCVMORE):
                 self.drain_multipart(sock)
                 error = DecodeError("a request must be a single frame")
                 self.log_rejected(error, "")
-                sock.send(self.codec.encode_error("DecodeError", str(error), ""))
+                send(self.codec.encode_error("DecodeError", str(error), ""))
             else:
-                sock.send(respond(frame))
-            if stoppable and state.stopping:
-                break
-        return True
+                send(respond(frame))
+
+        # One request per poll turn: a REP socket holds the next request only after the
+        # reply, and probing for it (a raised zmq.Again) costs more than polling again.
+        return (Reader(sock, handle, batch=1),)
 
     def respond(self, frame: bytes) -> bytes:
         """The reply frame for one request frame. Never raises."""

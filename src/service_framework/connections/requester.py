@@ -44,6 +44,7 @@ class Requester(OutboundConnection):
         args = model.creation_arguments
         self.timeout_s = float(args.get("timeout_s", self.DEFAULT_TIMEOUT_S))
         self.retries = int(args.get("retries", 0))
+        self._timeout_ms = max(1, int(self.timeout_s * 1000))
         self.codec = MessageCodec(
             model.args, model.returns, max_bytes=self.socket_options.max_message_bytes
         )
@@ -74,10 +75,9 @@ class Requester(OutboundConnection):
         # Not monitored: each retry replaces the socket, and a timeout already says the
         # peer is gone.
         sock = self._socket(zmq.REQ, self._addresses, "requester", monitored=False)
-        timeout_ms = max(1, int(self.timeout_s * 1000))
         sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.SNDTIMEO, timeout_ms)
-        sock.setsockopt(zmq.RCVTIMEO, timeout_ms)
+        sock.setsockopt(zmq.SNDTIMEO, self._timeout_ms)
+        sock.setsockopt(zmq.RCVTIMEO, self._timeout_ms)
         return sock
 
     def close(self) -> None:
@@ -99,8 +99,9 @@ class Requester(OutboundConnection):
         if self.env.debug:
             self.env.log.debug("%s: sending on '%s' [%s]", self.env.service, self.name, workflow_id)
         attempts = self.retries + 1
+        lock = self.lock
         # Waiting for the lock counts against the caller's time budget too.
-        if not self.lock.acquire(timeout=self.timeout_s * attempts):
+        if not lock.acquire(False) and not lock.acquire(timeout=self.timeout_s * attempts):
             raise RequestTimeout(
                 f"{self.env.service}: connection '{self.name}' stayed busy for "
                 f"{self.timeout_s * attempts:g}s (another thread is waiting on it)"
@@ -108,7 +109,7 @@ class Requester(OutboundConnection):
         try:
             reply = self._exchange(frame, attempts)
         finally:
-            self.lock.release()
+            lock.release()
         return self._result(reply, workflow_id)
 
     def _exchange(self, frame: bytes, attempts: int) -> bytes:
@@ -121,20 +122,14 @@ class Requester(OutboundConnection):
             if attempt:
                 stats.retries += 1
             try:
-                started = time.monotonic()
-                sock.send(frame)
-                waited = time.monotonic() - started
-                if waited > 0.001:
-                    # The send waited for a connection; only the rest of this attempt's
-                    # budget is left for the reply.
-                    sock.setsockopt(zmq.RCVTIMEO, max(1, int((self.timeout_s - waited) * 1000)))
+                try:
+                    sock.send(frame, zmq.NOBLOCK)  # the usual case: a connection is up
+                except zmq.Again:
+                    self._send_waiting(sock, frame)
                     reply = sock.recv()
-                    sock.setsockopt(zmq.RCVTIMEO, max(1, int(self.timeout_s * 1000)))
-                else:
-                    reply = sock.recv()
-                while sock.getsockopt(zmq.RCVMORE):  # a misbehaving peer; keep frame one
-                    sock.recv()
-                return reply
+                    sock.setsockopt(zmq.RCVTIMEO, self._timeout_ms)
+                    return reply
+                return sock.recv()
             except zmq.Again:
                 stats.timeouts += 1
                 self.env.log.warning(
@@ -149,10 +144,26 @@ class Requester(OutboundConnection):
                 sock.close(linger=0)
                 self.socket = None
                 self.socket = self._fresh_socket()
+            except zmq.ZMQError as exc:  # after zmq.Again, its subclass
+                if exc.errno != zmq.EFSM:
+                    raise
+                # The peer sent a multi-frame reply last time (we read only its first
+                # frame), so REQ refuses to send: start over on a fresh socket.
+                sock.close(linger=0)
+                self.socket = self._fresh_socket()
+                return self._exchange(frame, attempts - attempt)
         raise RequestTimeout(
             f"{self.env.service}: connection '{self.name}' got no reply after {attempts} "
             f"attempt(s) of {self.timeout_s:g}s each ({', '.join(self.endpoints)})"
         )
+
+    def _send_waiting(self, sock: zmq.Socket[Any], frame: bytes) -> None:
+        """Send once a connection is up (``IMMEDIATE``), within the attempt's budget; only
+        what is left of that budget is then allowed for the reply."""
+        started = time.monotonic()
+        sock.send(frame)  # SNDTIMEO: raises zmq.Again when no peer appears in time
+        left_ms = max(1, int((self.timeout_s - (time.monotonic() - started)) * 1000))
+        sock.setsockopt(zmq.RCVTIMEO, left_ms)
 
     def _result(self, reply: bytes, workflow_id: str) -> Any:
         try:

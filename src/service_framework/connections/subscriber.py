@@ -8,7 +8,6 @@ and never stops the messages behind it.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,7 +15,7 @@ import zmq
 
 from ..codec import PublishCodec
 from ..errors import DecodeError, ValidationError
-from .base import ConnectionEnv, InboundConnection
+from .base import ConnectionEnv, InboundConnection, Reader
 
 __all__ = ["Subscriber"]
 
@@ -28,7 +27,6 @@ class Subscriber(InboundConnection):
     optional_creation_arguments = {"topic": str, "is_binder": bool, "socket_options": dict}
     # 0.0.20 validated `connection_function` but read `on_new_message`; accept either.
     creation_argument_aliases = {"on_new_message": "connection_function"}
-    batch = 256
 
     def __init__(self, model: Any, env: ConnectionEnv) -> None:
         super().__init__(model, env)
@@ -54,55 +52,35 @@ class Subscriber(InboundConnection):
     def sockets(self) -> Sequence[zmq.Socket[Any]]:
         return () if self.socket is None else (self.socket,)
 
-    def readers(self) -> Sequence[tuple[zmq.Socket[Any], Callable[[], None]]]:
-        assert self.socket is not None
-        return ((self.socket, self.drain),)
-
-    def drain(self) -> None:
-        self._take(self.batch, stoppable=True)
-
-    def finish(self, deadline: float) -> None:
-        # Messages already queued here were delivered; handle them rather than drop them.
-        sock = self.socket
-        if sock is None:
-            return
-        sock.setsockopt(zmq.UNSUBSCRIBE, self.codec.prefix if self.topic else b"")
-        while time.monotonic() < deadline and self._take(self.batch, stoppable=False):
-            pass
-
-    def _take(self, limit: int, *, stoppable: bool) -> bool:
-        """Handle up to ``limit`` queued messages; False once the socket is empty."""
+    def readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        state = self.env.state
-        stats = self.stats
-        decode = self.codec.decode
-        invoke = self.invoke
-        debug = self.env.debug
-        for _ in range(limit):
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return False
+        stats, decode, invoke, codec = self.stats, self.codec.decode, self.invoke, self.codec
+        debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
+
+        def handle(frame: bytes) -> None:
+            # Frames are taken one by one (asking each for RCVMORE would cost more than
+            # the rest of the bare receive): the extra frames of a multi-frame message
+            # are rejected in turn, as frames that do not decode.
             stats.received += 1
-            # Frames are taken one by one (asking each for RCVMORE would cost more than the
-            # rest of the bare receive): the extra frames of a multi-frame message are
-            # rejected in turn, as frames that do not decode.
             try:
                 message = decode(frame)
             except (DecodeError, ValidationError) as error:
-                self.log_rejected(error, self.codec.workflow_id_of(frame))
-                continue
+                self.log_rejected(error, codec.workflow_id_of(frame))
+                return
             if debug:
-                self.env.log.debug(
-                    "%s: handling '%s' [%s]", self.env.service, self.name, message.workflow_id
-                )
+                log.debug("%s: handling '%s' [%s]", service, name, message.workflow_id)
             try:
                 invoke(message.args, message.workflow_id)
             except Exception as error:
                 self.log_failed(error, message.workflow_id)
             else:
                 stats.handled += 1
-            if stoppable and state.stopping:
-                break
-        return True
+
+        return (Reader(sock, handle, batch=256),)
+
+    def finish(self, deadline: float) -> None:
+        # Messages already queued here were delivered; handle them rather than drop them.
+        if self.socket is not None:
+            self.socket.setsockopt(zmq.UNSUBSCRIBE, self.codec.prefix if self.topic else b"")
+            super().finish(deadline)
