@@ -23,7 +23,6 @@ from service_framework.codec import (
     PublishCodec,
     Reply,
     Request,
-    split_topic,
     topic_prefix,
 )
 from service_framework.errors import DecodeError, ValidationError
@@ -423,7 +422,7 @@ def pub_args() -> Validator:
 class TestPublish:
     def test_prefix_is_the_msgpack_topic(self, pub_args: Validator) -> None:
         codec = PublishCodec(pub_args, "orders")
-        assert codec.prefix == topic_prefix("orders") == pack("orders") == b"\xa6orders"
+        assert codec.prefix == topic_prefix("orders") == b"\x92" + pack("orders")
         assert codec.encode({"qty": 1}, "w").startswith(codec.prefix)
 
     def test_topic_is_not_a_prefix_of_a_longer_topic(self, pub_args: Validator) -> None:
@@ -437,7 +436,7 @@ class TestPublish:
     def test_topic_codec_rejects_a_frame_of_another_topic(self, pub_args: Validator) -> None:
         # SUB filters only a message's first frame; later frames reach the decoder as is.
         orders, other = PublishCodec(pub_args, "orders"), PublishCodec(pub_args, "fills")
-        with pytest.raises(DecodeError, match="does not start with this connection's topic"):
+        with pytest.raises(DecodeError, match="frame is for topic 'fills', not 'orders'"):
             orders.decode(other.encode({"qty": 1}, "w"))
 
     def test_round_trip(self, pub_args: Validator) -> None:
@@ -502,7 +501,7 @@ class TestPublish:
         assert PublishCodec(pub_args, "orders").workflow_id_of(frame) == ""
 
 
-# --------------------------------------------------------------------------- split_topic
+# --------------------------------------------------------------------------- topics
 
 
 @pytest.mark.parametrize(
@@ -510,29 +509,15 @@ class TestPublish:
     [(0, 0xA0), (1, 0xA1), (31, 0xBF), (32, 0xD9), (255, 0xD9), (256, 0xDA), (65535, 0xDA),
      (65536, 0xDB)],
 )  # fmt: skip
-def test_split_topic_on_every_str_header_size(length: int, header: int) -> None:
-    topic = pack("t" * length)
-    assert topic[0] == header
-    envelope = pack({"v": 1})
-    assert split_topic(topic + envelope) == len(topic)
-    assert split_topic(topic) == len(topic)
-    if length:
-        assert split_topic(topic[:-1]) == -1  # body truncated
-
-
-def test_split_topic_counts_bytes_not_characters() -> None:
-    topic = pack("é" * 20)  # 40 bytes: a str8 header although only 20 characters
-    assert topic[0] == 0xD9
-    assert split_topic(topic + b"\x80") == len(topic) == 42
-
-
-@pytest.mark.parametrize(
-    "frame",
-    [b"", b"\xd9", b"\xda\x00", b"\xdb\x00\x00\x00", b"\x00", b"\x80", b"\x90", b"\xc0",
-     b"\xc4\x01a", pack(7), pack(b"topic"), b"\xa5abc"],
-)  # fmt: skip
-def test_split_topic_without_a_str_header(frame: bytes) -> None:
-    assert split_topic(frame) == -1
+def test_topic_prefix_for_every_str_header_size(length: int, header: int) -> None:
+    # A publish frame is the msgpack array [topic, envelope]: its first bytes are the
+    # array header and the topic as a msgpack str, whose header holds its length.
+    topic = "t" * length
+    prefix = topic_prefix(topic)
+    assert prefix[0] == 0x92 and prefix[1] == header
+    frame = PublishCodec(validator({"qty": int}), topic).encode({"qty": 1}, "w")
+    assert frame.startswith(prefix)
+    assert msgspec.msgpack.decode(frame)[0] == topic
 
 
 # --------------------------------------------------------------------------- fuzz

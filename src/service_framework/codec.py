@@ -6,9 +6,9 @@ can add keys without breaking older peers):
 * request  ``{"v": 1, "workflow_id": str, "args": {...}, "meta": {...}?}``
 * reply    ``{"v": 1, "workflow_id": str, "return_args": {...}}``
 * error    ``{"v": 1, "workflow_id": str, "error": {"type": str, "message": str}}``
-* publish  one frame: the topic as a msgpack str, then a request envelope. SUB sockets
-  filter on the leading bytes, and a msgpack str carries its length in its header, so
-  topic ``"orders"`` never matches ``"orders_eu"``.
+* publish  ``[topic, request envelope]``, a msgpack array of two. SUB sockets filter on
+  a frame's leading bytes - the array header, then the topic as a msgpack str, whose
+  header holds its length - so topic ``"orders"`` never matches ``"orders_eu"``.
 
 ``v`` changes only for an incompatible change; a receiver rejects versions it does not
 know. ``meta`` is room for metadata that travels with a request (deadlines, tracing).
@@ -53,6 +53,11 @@ class _Loose(msgspec.Struct):
     workflow_id: Any = ""
 
 
+class _LooseFrame(msgspec.Struct, array_like=True):
+    topic: Any
+    envelope: _Loose
+
+
 @runtime_checkable
 class Request(Protocol):
     """A decoded request or published message (the envelope itself, ``args`` already
@@ -75,6 +80,7 @@ class Reply(Protocol):
 
 _ENCODER = msgspec.msgpack.Encoder()
 _LOOSE = msgspec.msgpack.Decoder(_Loose)
+_LOOSE_FRAME = msgspec.msgpack.Decoder(_LooseFrame)
 
 # msgspec's names for what it found on the wire, in the validator's words.
 _WIRE_NAMES = {"array": "list", "object": "dict", "null": "None"}
@@ -98,7 +104,7 @@ def _split_msgspec_error(text: str) -> tuple[str, str, bool]:
     return message, where, False
 
 
-def _translate(text: str, field: str, node: Node) -> tuple[str, bool]:
+def _translate(text: str, root: str, node: Node) -> tuple[str, bool]:
     """Rewrite a msgspec error about ``$.<field>...`` in the framework's words (the
     validator's words for the same problem, as far as the wire lets us know them).
 
@@ -106,7 +112,6 @@ def _translate(text: str, field: str, node: Node) -> tuple[str, bool]:
     payload (``args``/``return_args``) rather than the envelope around it.
     """
     message, path, about_key = _split_msgspec_error(text)
-    root = f"$.{field}"
     inside = path == root or path.startswith((root + ".", root + "["))
     if not inside:
         return f"{_generic(message)} at {path}", False
@@ -165,45 +170,32 @@ def encode_error(error_type: str, message: str, workflow_id: str) -> bytes:
 
 
 def topic_prefix(topic: str) -> bytes:
-    """The leading bytes of every frame published on ``topic`` (its msgpack str form)."""
-    return _ENCODER.encode(topic)
+    """The leading bytes of every frame published on ``topic``: a publish frame is the
+    msgpack array ``[topic, envelope]``, so it starts with the array's header byte and
+    the topic as a msgpack str (whose header holds its length: an exact match)."""
+    return _ARRAY_OF_TWO + _ENCODER.encode(topic)
 
 
-def split_topic(frame: bytes) -> int:
-    """Length of the msgpack str at the start of ``frame``; -1 if there is none."""
-    if not frame:
-        return -1
-    head = frame[0]
-    if 0xA0 <= head <= 0xBF:
-        size = 1 + (head & 0x1F)
-    elif head == 0xD9 and len(frame) >= 2:
-        size = 2 + frame[1]
-    elif head == 0xDA and len(frame) >= 3:
-        size = 3 + int.from_bytes(frame[1:3], "big")
-    elif head == 0xDB and len(frame) >= 5:
-        size = 5 + int.from_bytes(frame[1:5], "big")
-    else:
-        return -1
-    return size if size <= len(frame) else -1
+_ARRAY_OF_TWO = b"\x92"
 
 
 class _Decoding:
     """A typed decoder for one envelope shape plus the converter back to plain dicts."""
 
-    __slots__ = ("convert", "decoder", "field", "validator")
+    __slots__ = ("convert", "decoder", "root", "validator")
 
     def __init__(
-        self, envelope: type[msgspec.Struct], node: Node, field: str, validator: Validator
+        self, envelope: type[msgspec.Struct], node: Node, root: str, validator: Validator
     ):
         # Envelope structs are built at run time; read their fields as Any.
         self.decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(envelope)
         self.convert = build_converter(node)
-        self.field = field
+        self.root = root  # where the payload sits in the frame, e.g. "$.args"
         self.validator = validator
 
     def fail(self, exc: Exception) -> Exception:
         if isinstance(exc, msgspec.ValidationError):
-            detail, inside = _translate(str(exc), self.field, self.validator.node)
+            detail, inside = _translate(str(exc), self.root, self.validator.node)
             if inside:
                 return self.validator.error_from_detail(detail)
             return DecodeError(f"malformed envelope: {detail}")
@@ -249,8 +241,8 @@ class MessageCodec:
                 ("error", ErrorInfo | None, None),
             ],
         )
-        self._request = _Decoding(request, args.node, "args", args)
-        self._reply = _Decoding(reply, returns.node, "return_args", returns)
+        self._request = _Decoding(request, args.node, "$.args", args)
+        self._reply = _Decoding(reply, returns.node, "$.return_args", returns)
 
     # ---- requests
     @staticmethod
@@ -322,13 +314,13 @@ class MessageCodec:
 class PublishCodec:
     """Frames for one publish/subscribe connection (see the module docstring)."""
 
-    __slots__ = ("_any_topic", "_decoding", "max_bytes", "prefix")
+    __slots__ = ("_convert", "_decode", "_decoding", "_topic", "max_bytes", "prefix")
 
     def __init__(
         self, args: Validator, topic: str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> None:
         self.prefix = topic_prefix(topic)
-        self._any_topic = not topic
+        self._topic = topic
         self.max_bytes = max_bytes
         envelope = msgspec.defstruct(
             "PublishEnvelope",
@@ -339,40 +331,44 @@ class PublishCodec:
                 ("meta", dict[str, Any] | None, None),
             ],
         )
-        self._decoding = _Decoding(envelope, args.node, "args", args)
+        frame = msgspec.defstruct(
+            "PublishFrame", [("topic", str), ("envelope", envelope)], array_like=True
+        )
+        self._decoding = _Decoding(frame, args.node, "$[1].args", args)
+        self._decode = self._decoding.decoder.decode
+        self._convert = self._decoding.convert
 
     def encode(self, args: Any, workflow_id: str) -> bytes:
-        return self.prefix + _ENCODER.encode(
-            {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "args": args}
+        return _ENCODER.encode(
+            (self._topic, {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "args": args})
         )
 
     def decode(self, frame: bytes) -> Request:
-        """Decode a frame received on a SUB socket subscribed to this codec's topic
-        (an empty topic receives every topic, so the prefix is read from the frame)."""
+        """Decode a frame received on a SUB socket subscribed to this codec's topic (an
+        empty topic receives every topic)."""
         if len(frame) > self.max_bytes:
             raise DecodeError(
                 f"message of {len(frame)} bytes exceeds the {self.max_bytes}-byte cap"
             )
-        if self._any_topic:
-            start = split_topic(frame)
-            if start < 0:
-                raise DecodeError("frame does not start with a msgpack topic string")
-        elif frame.startswith(self.prefix):
-            start = len(self.prefix)
-        else:
-            # SUB filters only the first frame of a message; later frames arrive as is.
-            raise DecodeError("frame does not start with this connection's topic")
-        d = self._decoding
         try:
-            env = d.decoder.decode(memoryview(frame)[start:])
+            decoded = self._decode(frame)
         except Exception as exc:
-            raise d.fail(exc) from None
+            raise self._decoding.fail(exc) from None
+        if self._topic and decoded.topic != self._topic:
+            # SUB filters only the first frame of a message; later frames arrive as is.
+            raise DecodeError(f"frame is for topic {decoded.topic!r}, not {self._topic!r}")
+        env = decoded.envelope
         if env.v != ENVELOPE_VERSION:
             raise DecodeError(f"unsupported envelope version {env.v} (this side speaks 1)")
-        if d.convert is not None:
-            env.args = d.convert(env.args)
+        if self._convert is not None:
+            env.args = self._convert(env.args)
         return env  # type: ignore[no-any-return]
 
-    def workflow_id_of(self, frame: bytes) -> str:
-        start = split_topic(frame)
-        return "" if start < 0 else MessageCodec.workflow_id_of(memoryview(frame)[start:])
+    @staticmethod
+    def workflow_id_of(frame: bytes) -> str:
+        """Best-effort workflow id of a frame that failed to decode ('' if none)."""
+        try:
+            wid = _LOOSE_FRAME.decode(frame).envelope.workflow_id
+        except Exception:
+            return ""
+        return wid if isinstance(wid, str) else ""

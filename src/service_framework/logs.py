@@ -14,7 +14,7 @@ import sys
 from logging.handlers import TimedRotatingFileHandler
 from pathlib import Path
 
-from .workflow import current_flow
+from .workflow import IDLE, current_flow
 
 __all__ = ["LOG_FORMAT", "WorkflowIdFilter", "configure_logging", "get_logger"]
 
@@ -32,7 +32,7 @@ class WorkflowIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         flow = current_flow.get()
-        record.workflow_id = flow.id if flow is not None else "-"
+        record.workflow_id = flow.id if flow is not None else IDLE
         return True
 
 

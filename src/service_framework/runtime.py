@@ -40,7 +40,7 @@ from .errors import AddressError, HookError, StartupError, UnknownConnectionErro
 from .loader import PreparedService, call_hook, load_module, prepare_service
 from .monitoring import PeerWatch
 from .security import Curve
-from .workflow import outgoing_id
+from .workflow import IDLE, current_flow, flow_of, outgoing_id
 
 __all__ = ["RunOptions", "Sender", "ServiceRuntime"]
 
@@ -121,6 +121,7 @@ class ServiceRuntime:
         self._authenticator: Any = None
         self._wake_r, self._wake_w = -1, -1
         self._peers: PeerWatch | None = None
+        self._flow = flow_of(IDLE)  # the serving thread's current flow (see invoke)
         self._phase = "new"
         self._pending_signal: tuple[int, FrameType | None] | None = None
         self._signals_seen = 0
@@ -221,6 +222,7 @@ class ServiceRuntime:
             to_send=self.to_send,
             curve=self.options.curve,
             monitor=self._peers.add if self._peers is not None else None,
+            flow=self._flow,
             debug=debug,
             log=env_log,
         )
@@ -309,17 +311,24 @@ class ServiceRuntime:
 
     def _serve(self) -> None:
         readers = [reader for conn in self.inbound.values() for reader in conn.readers()]
-        if len(readers) == 1 and not self.options.min_wait_s:
-            self._serve_one(readers[0])
-        else:
-            self._serve_many(readers)
-        # Stopped taking new work; handle (and answer) what has already arrived.
-        deadline = time.monotonic() + self.options.stop_timeout_s
-        for connection in self.inbound.values():
-            try:
-                connection.finish(deadline)
-            except Exception:  # pragma: no cover - shutdown must go on
-                LOG.exception("%s: finishing connection '%s' failed", self.name, connection.name)
+        # Handlers in this thread run under the connections' shared flow (see invoke).
+        token = current_flow.set(self._flow)
+        try:
+            if len(readers) == 1 and not self.options.min_wait_s:
+                self._serve_one(readers[0])
+            else:
+                self._serve_many(readers)
+            # Stopped taking new work; handle (and answer) what has already arrived.
+            deadline = time.monotonic() + self.options.stop_timeout_s
+            for connection in self.inbound.values():
+                try:
+                    connection.finish(deadline)
+                except Exception:  # pragma: no cover - shutdown must go on
+                    LOG.exception(
+                        "%s: finishing connection '%s' failed", self.name, connection.name
+                    )
+        finally:
+            current_flow.reset(token)
 
     def _serve_one(self, reader: Reader) -> None:
         """The common case, one inbound socket: block in recv, as a bare loop would (a poll

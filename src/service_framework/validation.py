@@ -189,6 +189,14 @@ class Node:
             self._compiled_check = check
         return check
 
+    def fast(self, cg: _CodeGen, var: str) -> str:
+        """An expression that is true only for valid values, built from exact-type tests
+        (``type(v) is int``): cheaper than the full check and true for the usual message.
+        When it is false the full check decides (subclasses, collections, ...). Compound
+        nodes default to calling their full check."""
+        expr = self.test(cg, var)
+        return expr if expr is not None else f"{cg.check_function(self)}({var})"
+
     def conv(self, cg: _CodeGen, var: str) -> str | None:
         """Expression turning the decoded wire value into the plain value, if different."""
         return None
@@ -250,6 +258,14 @@ class TypeNode(Node):
                 f"(isinstance({var}, {name}) and not isinstance({var}, {ex})))"
             )
         return f"(type({var}) is {name} or isinstance({var}, {name}))"
+
+    def fast(self, cg: _CodeGen, var: str) -> str:
+        # An exact match is valid whatever the class (bool is not int, datetime not date).
+        cls = self.cls
+        if cls is bool:
+            return f"({var} is True or {var} is False)"
+        name = cls.__name__ if cls in self._BUILTIN_WIRE else cg.const(cls)
+        return f"type({var}) is {name}"
 
     def ok(self, value: Any) -> bool:
         excluded = self._EXCLUDED.get(self.cls)
@@ -445,6 +461,12 @@ class LiteralNode(Node):
             by_type.setdefault(type(value), set()).add(value)
         self._emit_one(cg, var, ind, by_type, allow_collection=self.allow_collection)
 
+    def fast(self, cg: _CodeGen, var: str) -> str:
+        if self.values and all(type(v) is str for v in self.values):
+            v = cg.var()
+            return f"(type({v} := {var}) is str and {v} in {cg.const(frozenset(self.values))})"
+        return super().fast(cg, var)
+
     def _emit_one(
         self,
         cg: _CodeGen,
@@ -582,6 +604,12 @@ class FieldsNode(Node):
             cg.lines.append(f"{ind}    {n} += 1")
             node.emit(cg, v, ind + "    ")
         cg.lines.append(f"{ind}if len({var}) != {n}: return False")
+
+    def fast(self, cg: _CodeGen, var: str) -> str:
+        # Covers messages that carry no optional key; others take the full check.
+        parts = [f"type({var}) is dict", f"len({var}) == {len(self.required)}"]
+        parts += [node.fast(cg, f"{var}[{cg.const(key)}]") for key, node in self.required.items()]
+        return "(" + " and ".join(parts) + ")"
 
     def explain(self, value: Any, path: str) -> str | None:
         # Same order as msgspec reports while decoding: keys as they come, then any
@@ -914,6 +942,9 @@ def _strip_required(hint: object) -> object:
 class _TypedDictNode(FieldsNode):
     """A TypedDict: checked like a nested dict spec, decoded natively by msgspec."""
 
+    def fast(self, cg: _CodeGen, var: str) -> str:
+        return f"{cg.check_function(self)}({var})"  # it may refer to itself
+
     def __init__(self, td: type) -> None:
         super().__init__({}, {}, name=td.__name__)
         self.td = td
@@ -1017,8 +1048,24 @@ def _spec_key(spec: object) -> Hashable | None:
 
 def _build_check(node: Node) -> Callable[[Any], bool]:
     cg = _CodeGen()
-    name = cg.check_function(node)
-    return cg.build(name)
+    full = cg.check_function(node)
+    if not isinstance(node, FieldsNode):
+        return cg.build(full)
+    # The entry point tries the exact-type expression first; anything it cannot vouch
+    # for (a subclass, an optional key, a missing key raising KeyError) goes to the
+    # full check, which alone decides. Names are bound as defaults: local lookups.
+    fast = node.fast(cg, "x")
+    bound = ["type=type", "len=len", "dict=dict", "str=str", "int=int", "float=float"]
+    bound += [f"{name}={name}" for name in cg.ns if name.startswith("_c")]
+    cg.defs += [
+        f"def _entry(x, {', '.join(bound)}):",
+        "    try:",
+        f"        if {fast}: return True",
+        "    except Exception:",
+        "        pass",
+        f"    return {full}(x)",
+    ]
+    return cg.build("_entry")
 
 
 class Validator:

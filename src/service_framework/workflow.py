@@ -18,6 +18,7 @@ import secrets
 from contextvars import ContextVar
 
 __all__ = [
+    "IDLE",
     "Flow",
     "current_flow",
     "current_workflow_id",
@@ -62,6 +63,9 @@ class Flow:
 
     def __repr__(self) -> str:
         return f"Flow({self.id!r}, calls={self.calls})"
+
+
+IDLE = "-"  # the id shown when no message is being handled
 
 
 def flow_of(workflow_id: str) -> Flow:

@@ -10,7 +10,7 @@ time to (re)connect before the first message.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -45,6 +45,7 @@ class Publisher(OutboundConnection):
         self._encode = self.codec.encode
         self._debug = env.debug
         self.socket: zmq.Socket[Any] | None = None
+        self._send: Callable[[bytes], Any] = self._closed
 
     @classmethod
     def prepare(
@@ -60,6 +61,7 @@ class Publisher(OutboundConnection):
 
     def open(self, addresses: Mapping[str, Any]) -> None:
         self.socket = self._socket(zmq.PUB, addresses, "publisher")
+        self._send = self.socket.send
         if self.wait_after_creation_s:
             # The seed's slow-joiner guard; set it to 0 where subscribers synchronise.
             time.sleep(self.wait_after_creation_s)
@@ -69,6 +71,10 @@ class Publisher(OutboundConnection):
             if self.socket is not None:
                 self.socket.close(linger=self.socket_options.linger_ms)
                 self.socket = None
+                self._send = self._closed
+
+    def _closed(self, frame: bytes) -> None:
+        raise RuntimeError(f"{self.env.service}: connection '{self.name}' is closed")
 
     def sockets(self) -> Sequence[zmq.Socket[Any]]:
         return () if self.socket is None else (self.socket,)
@@ -85,8 +91,5 @@ class Publisher(OutboundConnection):
                 "%s: publishing on '%s' [%s]", self.env.service, self.name, workflow_id
             )
         with self.lock:
-            sock = self.socket
-            if sock is None:
-                raise RuntimeError(f"{self.env.service}: connection '{self.name}' is closed")
-            sock.send(frame)  # PUB never blocks: beyond sndhwm, messages are dropped
+            self._send(frame)  # PUB never blocks: beyond sndhwm, messages are dropped
         self.stats.handled += 1
