@@ -28,14 +28,25 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
+import zmq.backend
 
 from .errors import AddressError
 
-__all__ = ["Endpoint", "SocketOptions", "parse_endpoint"]
+__all__ = ["Endpoint", "SocketOptions", "parse_endpoint", "send_bytes", "sender_of"]
+
+# pyzmq's Socket.send is a Python wrapper (routing ids, groups, Frame objects) around the
+# compiled send. For plain bytes the compiled one does the same work about half a
+# microsecond sooner, which matters on the per-message path.
+send_bytes: Callable[..., Any] = zmq.backend.Socket.send  # (sock, data, flags=0)
+
+
+def sender_of(sock: zmq.Socket[Any]) -> Callable[..., Any]:
+    """``sock.send`` for bytes, without pyzmq's Python-level wrapper."""
+    return send_bytes.__get__(sock)  # type: ignore[no-any-return]
 
 
 @dataclasses.dataclass(frozen=True)

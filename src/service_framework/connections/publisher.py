@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from ..codec import PublishCodec
+from ..transport import sender_of
 from .base import ConnectionEnv, OutboundConnection
 
 __all__ = ["Publisher"]
@@ -61,7 +62,7 @@ class Publisher(OutboundConnection):
 
     def open(self, addresses: Mapping[str, Any]) -> None:
         self.socket = self._socket(zmq.PUB, addresses, "publisher")
-        self._send = self.socket.send
+        self._send = sender_of(self.socket)
         if self.wait_after_creation_s:
             # The seed's slow-joiner guard; set it to 0 where subscribers synchronise.
             time.sleep(self.wait_after_creation_s)

@@ -15,6 +15,7 @@ import zmq
 
 from ..codec import MessageCodec
 from ..errors import DecodeError, ValidationError
+from ..transport import sender_of
 from .base import ConnectionEnv, InboundConnection, Reader
 
 __all__ = ["Replyer"]
@@ -56,7 +57,7 @@ class Replyer(InboundConnection):
     def readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        stats, respond, send, more = self.stats, self.respond, sock.send, sock.getsockopt
+        stats, respond, send, more = self.stats, self.respond, sender_of(sock), sock.getsockopt
 
         def handle(frame: bytes) -> None:
             stats.received += 1

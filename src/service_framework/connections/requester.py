@@ -21,6 +21,7 @@ import zmq
 
 from ..codec import MessageCodec
 from ..errors import DecodeError, RemoteError, RequestTimeout, ValidationError
+from ..transport import send_bytes
 from .base import ConnectionEnv, OutboundConnection
 
 __all__ = ["Requester"]
@@ -123,7 +124,7 @@ class Requester(OutboundConnection):
                 stats.retries += 1
             try:
                 try:
-                    sock.send(frame, zmq.NOBLOCK)  # the usual case: a connection is up
+                    send_bytes(sock, frame, zmq.NOBLOCK)  # the usual case: a connection is up
                 except zmq.Again:
                     self._send_waiting(sock, frame)
                     reply = sock.recv()
