@@ -172,6 +172,16 @@ def test_bad_requests_get_an_error_reply_and_never_reach_the_handler(
     assert replyer.runtime.stats()["reply"].rejected == 1
 
 
+def test_a_valid_request_with_extra_frames_is_answered_with_an_error(replyer, zctx) -> None:
+    # The first frame is handled like any request (a REP socket gives no cheaper way to
+    # know more frames follow); the caller still gets an error, never a wedged socket.
+    frame = msgspec.msgpack.encode({"v": 1, "workflow_id": "w", "args": ORDER})
+    reply = raw_request(zctx, replyer.address("reply"), frame, b"extra")
+    assert reply["error"] == {"type": "DecodeError", "message": "a request must be a single frame"}
+    assert replyer.runtime.stats()["reply"].rejected == 1
+    assert raw_request(zctx, replyer.address("reply"), frame)["return_args"]["total"] == 7.5
+
+
 def test_error_reply_keeps_the_workflow_id_of_a_bad_request(replyer, zctx) -> None:
     frame = msgspec.msgpack.encode({"v": 1, "workflow_id": "wf-42", "args": {"qty": "x"}})
     assert raw_request(zctx, replyer.address("reply"), frame)["workflow_id"] == "wf-42"

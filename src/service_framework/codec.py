@@ -184,9 +184,7 @@ class _Decoding:
 
     __slots__ = ("convert", "decoder", "root", "validator")
 
-    def __init__(
-        self, envelope: type[msgspec.Struct], node: Node, root: str, validator: Validator
-    ):
+    def __init__(self, envelope: type[msgspec.Struct], node: Node, root: str, validator: Validator):
         # Envelope structs are built at run time; read their fields as Any.
         self.decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(envelope)
         self.convert = build_converter(node)
