@@ -40,9 +40,9 @@ from .errors import AddressError, HookError, StartupError, UnknownConnectionErro
 from .loader import PreparedService, call_hook, load_module, prepare_service
 from .monitoring import PeerWatch
 from .security import Curve
-from .workflow import IDLE, current_flow, flow_of, outgoing_id
+from .workflow import IDLE, current_flow, flow_of, new_workflow_id
 
-__all__ = ["RunOptions", "Sender", "ServiceRuntime"]
+__all__ = ["RunOptions", "ServiceRuntime", "make_to_send"]
 
 LOG = logging.getLogger("service_framework.runtime")
 
@@ -62,33 +62,46 @@ class RunOptions:
     stop_timeout_s: float = 10.0  # bound on finishing in-flight work at shutdown
 
 
-class Sender:
-    """The ``to_send(connection_name, args)`` function given to handlers, ``main``,
-    ``init_function`` and signal handlers."""
+def make_to_send(
+    service: str, outbound: Mapping[str, OutboundConnection]
+) -> Callable[[str, Any], Any]:
+    """The ``to_send(connection_name, args)`` given to handlers, ``main``,
+    ``init_function`` and signal handlers.
 
-    __slots__ = ("_out", "_service")
+    It reads ``outbound`` (the runtime's own dict, filled in after this is made) on first
+    use of each name and keeps the connection's bound ``send``; a closure rather than an
+    object with ``__call__``, because every message goes through it.
+    """
+    sends: dict[str, Callable[[Any, str], Any]] = {}
+    get_flow = current_flow.get
 
-    def __init__(self, service: str, outbound: dict[str, OutboundConnection]) -> None:
-        # Holds the runtime's dict itself: handlers get this object before the outbound
-        # connections exist, and see them once they are filled in.
-        self._service = service
-        self._out = outbound
+    def unknown(connection_name: object) -> UnknownConnectionError:
+        names = ", ".join(map(repr, sorted(outbound))) or "none"
+        return UnknownConnectionError(
+            f"{service}: no outbound connection {connection_name!r} (outbound connections: {names})"
+        )
 
-    def __call__(self, connection_name: str, args: Any) -> Any:
+    def to_send(connection_name: str, args: Any) -> Any:
         try:
-            connection = self._out[connection_name]
-        except (KeyError, TypeError):
-            raise UnknownConnectionError(
-                f"{self._service}: no outbound connection {connection_name!r} "
-                f"(outbound connections: {self._names()})"
-            ) from None
-        return connection.send(args, outgoing_id())
+            send = sends[connection_name]
+        except KeyError:
+            connection = outbound.get(connection_name)
+            if connection is None:
+                raise unknown(connection_name) from None
+            send = sends[connection_name] = connection.send
+        except TypeError:  # an unhashable name
+            raise unknown(connection_name) from None
+        # The workflow id (see workflow.outgoing_id), inline: this runs per message.
+        flow = get_flow()
+        if flow is None:
+            workflow_id = new_workflow_id()
+        else:
+            flow.calls += 1
+            workflow_id = f"{flow.id}_{flow.calls}"
+        return send(args, workflow_id)
 
-    def _names(self) -> str:
-        return ", ".join(map(repr, sorted(self._out))) or "none"
-
-    def __repr__(self) -> str:
-        return f"<to_send of {self._service}: {self._names()}>"
+    to_send.__qualname__ = f"to_send of {service}"
+    return to_send
 
 
 class _Interrupted(BaseException):
@@ -116,7 +129,7 @@ class ServiceRuntime:
         self.prepared: PreparedService | None = None
         self.inbound: dict[str, InboundConnection] = {}
         self.outbound: dict[str, OutboundConnection] = {}
-        self.to_send: Sender | None = None
+        self.to_send: Callable[[str, Any], Any] | None = None
         self._context: zmq.Context[Any] | None = None
         self._authenticator: Any = None
         self._wake_r, self._wake_w = -1, -1
@@ -213,7 +226,7 @@ class ServiceRuntime:
         assert self._context is not None
         debug = logging.getLogger("service_framework").isEnabledFor(logging.DEBUG)
         env_log = logging.getLogger(f"service_framework.service.{prepared.name}")
-        self.to_send = Sender(prepared.name, self.outbound)
+        self.to_send = make_to_send(prepared.name, self.outbound)
         env = ConnectionEnv(
             service=prepared.name,
             config=prepared.config,

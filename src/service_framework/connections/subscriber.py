@@ -15,6 +15,7 @@ import zmq
 
 from ..codec import PublishCodec
 from ..errors import DecodeError, ValidationError
+from ..workflow import IDLE
 from .base import ConnectionEnv, InboundConnection, Reader
 
 __all__ = ["Subscriber"]
@@ -55,8 +56,10 @@ class Subscriber(InboundConnection):
     def readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        stats, decode, invoke, codec = self.stats, self.codec.decode, self.invoke, self.codec
-        debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
+        stats, decode, codec = self.stats, self.codec.decode, self.codec
+        env, handler = self.env, self.handler
+        flow, to_send, config = env.flow, env.to_send, env.config
+        debug, log, service, name = env.debug, env.log, env.service, self.name
 
         def handle(frame: bytes) -> None:
             # Frames are taken one by one (asking each for RCVMORE would cost more than
@@ -70,12 +73,17 @@ class Subscriber(InboundConnection):
                 return
             if debug:
                 log.debug("%s: handling '%s' [%s]", service, name, message.workflow_id)
+            # What invoke() does, inline: this runs for every published message.
+            flow._id = message.workflow_id
+            flow.calls = 0
             try:
-                invoke(message.args, message.workflow_id)
+                handler(message.args, to_send, config)
             except Exception as error:
                 self.log_failed(error, message.workflow_id)
             else:
                 stats.handled += 1
+            finally:
+                flow._id = IDLE
 
         return (Reader(sock, handle, batch=256),)
 

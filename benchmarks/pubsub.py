@@ -1,0 +1,332 @@
+"""Publish/subscribe: messages delivered per second at the subscriber, service_framework
+vs bare pyzmq + msgpack.
+
+What is measured
+    * Framework: ``services/bench_publisher.py`` (main mode) and
+      ``services/bench_subscriber.py`` (service loop), both started with
+      ``python -m service_framework`` as separate processes on 127.0.0.1. The publisher
+      binds, the subscriber connects. The publisher sends ``warmup`` messages until the
+      subscriber's handler has written a ready file, then ``--n`` ``data`` messages as fast
+      as ``to_send`` goes, then ``end`` markers until the subscriber reports. The
+      subscriber's handler counts ``data`` messages and stamps the first and last one.
+    * Bare baseline, same run: a PUB and a SUB process with plain pyzmq and msgpack, the
+      same payload and protocol, the SUB side the fastest plain loop (blocking
+      ``sock.recv()`` then ``msgpack.unpackb``, no poll per message).
+    * Both sides use the same high-water marks (``--hwm``, sndhwm = rcvhwm on every
+      socket). PUB drops messages for a subscriber that falls behind, so the figure is
+      *delivered* messages per second at the subscriber: (count - 1) / (t_last - t_first).
+      The sent rate and the share delivered are shown too, and the CPU time (all
+      threads) per message sent by the publisher and per message delivered at the
+      subscriber: on a small machine throughput tracks their sum.
+    * Framework and bare runs alternate for ``--rounds`` rounds; the headline is the median
+      of the per-round ratios (each round's pair met the same machine conditions).
+
+Target
+    * framework / bare >= 0.8x (delivered messages per second)
+
+Run: ``python benchmarks/pubsub.py [--n 200000] [--rounds 7] [--hwm 1000]``. Every
+process it starts is stopped on exit. Exits 0 after reporting (numbers are not
+asserted); 1 if the benchmark itself could not run (with the failing process's output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _harness
+from _harness import (
+    PYTHON,
+    BenchError,
+    Procs,
+    cli_argv,
+    paired_summary,
+    read_result,
+)
+
+TARGET_RATIO = 0.8
+START_TIMEOUT_S = 20.0
+HANDSHAKE_TIMEOUT_S = 30.0
+
+
+# --------------------------------------------------------------------------- bare workers
+def _touch(path: str) -> None:
+    with open(path + ".tmp", "w"):
+        pass
+    os.replace(path + ".tmp", path)
+
+
+def bare_publisher(n_text: str, hwm_text: str, ready: str, done: str, result: str) -> None:
+    import msgpack
+    import zmq
+
+    n, hwm = int(n_text), int(hwm_text)
+    sock = zmq.Context().socket(zmq.PUB)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    print(f"bare_publisher: ready port={port}", flush=True)
+    packb, send = msgpack.packb, sock.send
+
+    def wait_for(path: str, phase: str, pause_s: float) -> None:
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path} did not appear (phase {phase})")
+            message = {
+                "seq": -1,
+                "order_id": "ORD-000123",
+                "qty": 3,
+                "price": 101.25,
+                "side": "buy",
+                "phase": phase,
+            }
+            send(packb(message))
+            time.sleep(pause_s)
+
+    wait_for(ready, "warmup", 0.002)
+    perf_counter = time.perf_counter
+    cpu_started = time.process_time()
+    started = perf_counter()
+    for seq in range(n):
+        send(
+            packb(
+                {
+                    "seq": seq,
+                    "order_id": "ORD-000123",
+                    "qty": 3,
+                    "price": 101.25,
+                    "side": "buy",
+                    "phase": "data",
+                }
+            )
+        )
+    seconds = perf_counter() - started
+    cpu_s = time.process_time() - cpu_started
+    with open(result, "w") as f:
+        json.dump({"sent": n, "seconds": seconds, "rate": n / seconds, "cpu_s": cpu_s}, f)
+    wait_for(done, "end", 0.01)
+    sock.close()
+
+
+def bare_subscriber(port: str, hwm_text: str, ready: str, done: str, result: str) -> None:
+    import msgpack
+    import zmq
+
+    hwm = int(hwm_text)
+    sock = zmq.Context().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
+    sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    unpackb, recv, perf_counter = msgpack.unpackb, sock.recv, time.perf_counter
+    count, first, last, last_seq, is_ready, cpu_first = 0, 0.0, 0.0, -1, False, 0.0
+    while True:
+        args = unpackb(recv())
+        phase = args["phase"]
+        if phase == "data":
+            now = perf_counter()
+            if not count:
+                first = now
+                cpu_first = time.process_time()
+            count += 1
+            last = now
+            last_seq = args["seq"]
+        elif phase == "warmup":
+            if not is_ready:
+                is_ready = True
+                _touch(ready)
+        else:
+            break
+    cpu_s = time.process_time() - cpu_first
+    seconds = last - first
+    with open(result, "w") as f:
+        json.dump(
+            {
+                "count": count,
+                "seconds": seconds,
+                "rate": (count - 1) / seconds if seconds > 0 else 0.0,
+                "last_seq": last_seq,
+                "cpu_s": cpu_s,
+            },
+            f,
+        )
+    _touch(done)
+
+
+# --------------------------------------------------------------------------- benchmark
+PUB_READY = r"ready \(.*ticks=tcp://127\.0\.0\.1:(\d+)"
+BARE_READY = r"bare_publisher: ready port=(\d+)"
+
+
+def one_round(
+    procs: Procs, work: Path, kind: str, i: int, n: int, hwm: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One publisher/subscriber pair; returns (publisher result, subscriber result)."""
+    paths = {
+        key: str(work / f"{kind}_{i}_{key}")
+        for key in ("ready", "done", "pub_result.json", "sub_result.json")
+    }
+    common = [str(n), str(hwm), paths["ready"], paths["done"]]
+    timeout = HANDSHAKE_TIMEOUT_S + 30.0 + n / 10_000  # generous: even 10k messages/s finishes
+    if kind == "framework":
+        pub_addresses = work / f"pub_addresses_{i}.json"
+        pub_addresses.write_text(
+            json.dumps({"in": {}, "out": {"ticks": {"publisher": "127.0.0.1:0"}}})
+        )
+        # INFO only for the ready line: the publisher logs nothing per message at INFO.
+        pub = procs.start(
+            f"framework publisher (round {i})",
+            cli_argv(
+                "bench_publisher.py",
+                pub_addresses,
+                "-m",
+                "-cl",
+                "INFO",
+                n=n,
+                hwm=hwm,
+                ready_path=paths["ready"],
+                done_path=paths["done"],
+                result_path=paths["pub_result.json"],
+                timeout_s=HANDSHAKE_TIMEOUT_S,
+            ),
+        )
+        port = pub.wait_for_line(PUB_READY, START_TIMEOUT_S).group(1)
+        sub_addresses = work / f"sub_addresses_{i}.json"
+        sub_addresses.write_text(
+            json.dumps({"in": {"ticks": {"subscriber": f"127.0.0.1:{port}"}}, "out": {}})
+        )
+        sub = procs.start(
+            f"framework subscriber (round {i})",
+            cli_argv(
+                "bench_subscriber.py",
+                sub_addresses,
+                "-cl",
+                "WARNING",
+                hwm=hwm,
+                ready_path=paths["ready"],
+                done_path=paths["done"],
+                result_path=paths["sub_result.json"],
+            ),
+            role="client",
+        )
+        pub.wait_exit(timeout, watch=[sub])
+        sub.check_alive()
+        sub.stop()  # a service loop runs until told to stop
+    else:
+        pub = procs.start(
+            f"bare publisher (round {i})",
+            [PYTHON, __file__, "_bare_publisher", *common, paths["pub_result.json"]],
+        )
+        port = pub.wait_for_line(BARE_READY, START_TIMEOUT_S).group(1)
+        sub = procs.start(
+            f"bare subscriber (round {i})",
+            [PYTHON, __file__, "_bare_subscriber", port, *common[1:], paths["sub_result.json"]],
+            role="client",
+        )
+        pub.wait_exit(timeout, watch=[sub])
+        sub.wait_exit(10.0)
+    return (
+        read_result(Path(paths["pub_result.json"]), pub.name),
+        read_result(Path(paths["sub_result.json"]), sub.name),
+    )
+
+
+def run(n: int, rounds: int, hwm: int) -> int:
+    tmp = tempfile.TemporaryDirectory(prefix="bench_pubsub_")
+    work = Path(tmp.name)
+    procs = Procs(tmp.name)
+    results: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {
+        "framework": [],
+        "bare": [],
+    }
+    load_before = os.getloadavg()[0]
+    try:
+        for i in range(1, rounds + 1):
+            for kind in ("framework", "bare"):
+                results[kind].append(one_round(procs, work, kind, i, n, hwm))
+            (_, fw_sub), (_, bare_sub) = results["framework"][-1], results["bare"][-1]
+            print(
+                f"  round {i}/{rounds}: framework {fw_sub['rate']:>10,.0f}/s delivered   "
+                f"bare {bare_sub['rate']:>10,.0f}/s delivered",
+                flush=True,
+            )
+    except BenchError as exc:
+        print(f"pubsub benchmark failed: {exc}", file=sys.stderr)
+        procs.report_failure()
+        return 1
+    finally:
+        procs.stop_all()
+        tmp.cleanup()
+
+    medians = {
+        kind: statistics.median(sub["rate"] for _, sub in runs) for kind, runs in results.items()
+    }
+    print()
+    print(
+        f"pub/sub messages delivered per second at the subscriber "
+        f"(N={n:,} sent, sndhwm=rcvhwm={hwm:,}, {rounds} rounds)"
+    )
+    print(
+        f"  {'':<26}{'delivered/s':>12}{'min':>9}{'max':>9}{'sent/s':>10}{'delivered':>10}"
+        f"{'pub CPU':>10}{'sub CPU':>10}"
+    )
+    labels = {"framework": "framework (CLI processes)", "bare": "bare pyzmq + msgpack"}
+    for kind, runs in results.items():
+        rates = [sub["rate"] for _, sub in runs]
+        sent = statistics.median(pub["rate"] for pub, _ in runs)
+        share = statistics.median(100.0 * sub["count"] / pub["sent"] for pub, sub in runs)
+        pub_us = statistics.median(1e6 * pub["cpu_s"] / pub["sent"] for pub, _ in runs)
+        sub_us = statistics.median(1e6 * sub["cpu_s"] / max(1, sub["count"]) for _, sub in runs)
+        print(
+            f"  {labels[kind]:<26}{medians[kind]:>12,.0f}{min(rates):>9,.0f}{max(rates):>9,.0f}"
+            f"{sent:>10,.0f}{share:>9.1f}%{pub_us:>7.2f} us{sub_us:>7.2f} us"
+        )
+    print("  (CPU: process CPU time per message sent (pub) / delivered (sub), all threads, median)")
+    print(f"  load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
+    ratio, rounds_line = paired_summary(
+        [sub["rate"] for _, sub in results["framework"]],
+        [sub["rate"] for _, sub in results["bare"]],
+    )
+    print(rounds_line)
+    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
+    print(
+        f"ratio framework/bare: {ratio:.2f}x (median of per-round ratios; target >= "
+        f"{TARGET_RATIO}x, {verdict} it)"
+    )
+    return 0
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "_bare_publisher":
+        bare_publisher(*sys.argv[2:7])
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "_bare_subscriber":
+        bare_subscriber(*sys.argv[2:7])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=200_000, help="data messages sent per run")
+    parser.add_argument("--rounds", type=int, default=7, help="framework/bare run pairs")
+    parser.add_argument(
+        "--pin", action="store_true", help="pin servers and clients to separate cores"
+    )
+    parser.add_argument(
+        "--hwm", type=int, default=1000, help="sndhwm and rcvhwm of every socket, both sides"
+    )
+    args = parser.parse_args()
+    _harness.PIN = args.pin
+    if args.n < 2 or args.rounds < 1 or args.hwm < 1:
+        parser.error("--n must be >= 2, --rounds and --hwm >= 1")
+    return run(args.n, args.rounds, args.hwm)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
