@@ -47,7 +47,7 @@ class _Target:
     connection: str
     model: ConnectionModel
     handler: Callable[[Any, Any, Any], Any]
-    to_send: _InlineSender
+    to_send: ToSend
     config: dict[str, Any]
     check_args: Callable[[Any], bool] | None  # None: identical to the sender's check
     check_return: Callable[[Any], bool] | None
@@ -55,40 +55,34 @@ class _Target:
 
 
 Route = Callable[[Any], Any]
+ToSend = Callable[[str, Any], Any]
 
 
 @dataclass
 class _Service:
     prepared: PreparedService
-    to_send: _InlineSender
+    to_send: ToSend
     # connection name -> a function delivering one message, built once per relation
     routes: dict[str, Route] = field(default_factory=dict)
 
 
-class _InlineSender:
-    """``to_send`` for one inline service: one dict lookup, then the route."""
+def _make_to_send(name: str, routes: dict[str, Route]) -> ToSend:
+    """``to_send`` for one inline service: one dict lookup, then the relation's route (a
+    closure, not an object with ``__call__``: every inline call goes through it)."""
 
-    __slots__ = ("_routes", "_service")
-
-    def __init__(self, service: _Service | None, name: str) -> None:
-        self._service = name
-        self._routes: dict[str, Route] = {} if service is None else service.routes
-
-    def __call__(self, connection_name: str, args: Any) -> Any:
+    def to_send(connection_name: str, args: Any) -> Any:
         try:
-            route = self._routes[connection_name]
+            route = routes[connection_name]
         except (KeyError, TypeError):
-            route = self._missing(connection_name)
+            names = ", ".join(map(repr, routes)) or "none"
+            raise UnknownConnectionError(
+                f"{name}: no outbound connection {connection_name!r} "
+                f"(outbound connections: {names})"
+            ) from None
         return route(args)
 
-    def _missing(self, connection_name: str) -> Route:
-        raise UnknownConnectionError(
-            f"{self._service}: no outbound connection {connection_name!r} "
-            f"(outbound connections: {', '.join(map(repr, self._routes)) or 'none'})"
-        )
-
-    def __repr__(self) -> str:
-        return f"<inline to_send of {self._service}>"
+    to_send.__qualname__ = f"inline to_send of {name}"
+    return to_send
 
 
 class InlineServices:
@@ -181,8 +175,8 @@ class InlineServices:
             raise ValueError(f"a service named {name!r} was already added; choose another name")
         module = load_module(source)
         prepared = prepare_service(module, name=name, config=config)
-        service = _Service(prepared, _InlineSender(None, name))
-        service.to_send = _InlineSender(service, name)
+        routes: dict[str, Route] = {}
+        service = _Service(prepared, _make_to_send(name, routes), routes)
         env = ConnectionEnv(
             service=name,
             config=prepared.config,
