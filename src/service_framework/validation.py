@@ -289,28 +289,43 @@ class TypeNode(Node):
         raise UnsupportedOnWire(f"type {cls.__qualname__} cannot be sent as msgpack")
 
 
-class ListNode(Node):
+class _ItemsNode(Node):
+    """A collection whose every item matches one spec: ``[T]``, ``{T}``, ``tuple[T, ...]``."""
+
+    kinds: ClassVar[tuple[type, ...]]  # the collection types accepted
+    template: ClassVar[str]  # how it reads in messages, e.g. "list[{}]"
+
     def __init__(self, item: Node) -> None:
         self.item = item
 
     def describe(self) -> str:
-        return f"list[{self.item.describe()}]"
+        return self.template.format(self.item.describe())
 
     def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
-        cg.lines.append(f"{ind}if not isinstance({var}, list): return False")
+        cg.lines.append(f"{ind}if not isinstance({var}, {cg.const(self.kinds)}): return False")
         if not isinstance(self.item, AnyNode):
             v = cg.var()
             cg.lines.append(f"{ind}for {v} in {var}:")
             self.item.emit(cg, v, ind + "    ")
 
     def explain(self, value: Any, path: str) -> str | None:
-        if not isinstance(value, list):
+        if not isinstance(value, self.kinds):
             return self.expected(value, path)
-        for i, item in enumerate(value):
-            why = self.item.explain(item, f"{path}[{i}]")
+        items = typing.cast(Iterable[Any], value)
+        for i, item in enumerate(items):
+            why = self.item.explain(item, self.item_path(path, i, item))
             if why:
                 return why
         return None
+
+    @staticmethod
+    def item_path(path: str, index: int, item: object) -> str:
+        return f"{path}[{index}]"
+
+
+class ListNode(_ItemsNode):
+    kinds = (list,)
+    template = "list[{}]"
 
     def wire(self) -> Any:
         return list[self.item.wire()]  # type: ignore[misc]
@@ -321,28 +336,13 @@ class ListNode(Node):
         return None if inner is None else f"[{inner} for {v} in {var}]"
 
 
-class SetNode(Node):
-    def __init__(self, item: Node) -> None:
-        self.item = item
+class SetNode(_ItemsNode):
+    kinds = (set, frozenset)
+    template = "set[{}]"
 
-    def describe(self) -> str:
-        return f"set[{self.item.describe()}]"
-
-    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
-        cg.lines.append(f"{ind}if not isinstance({var}, (set, frozenset)): return False")
-        if not isinstance(self.item, AnyNode):
-            v = cg.var()
-            cg.lines.append(f"{ind}for {v} in {var}:")
-            self.item.emit(cg, v, ind + "    ")
-
-    def explain(self, value: Any, path: str) -> str | None:
-        if not isinstance(value, (set, frozenset)):
-            return self.expected(value, path)
-        for item in value:
-            why = self.item.explain(item, f"{path}[{item!r}]")
-            if why:
-                return why
-        return None
+    @staticmethod
+    def item_path(path: str, index: int, item: object) -> str:
+        return f"{path}[{item!r}]"  # a set has no positions; name the item
 
     def wire(self) -> Any:
         return set[self.item.wire()]  # type: ignore[misc]
@@ -394,30 +394,11 @@ class TupleNode(Node):
         return f"({', '.join(exprs)},)"
 
 
-class VarTupleNode(Node):
-    """``tuple[T, ...]``."""
+class VarTupleNode(_ItemsNode):
+    """``tuple[T, ...]`` (a list is accepted too, as for fixed tuples)."""
 
-    def __init__(self, item: Node) -> None:
-        self.item = item
-
-    def describe(self) -> str:
-        return f"tuple[{self.item.describe()}, ...]"
-
-    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
-        cg.lines.append(f"{ind}if not isinstance({var}, (tuple, list)): return False")
-        if not isinstance(self.item, AnyNode):
-            v = cg.var()
-            cg.lines.append(f"{ind}for {v} in {var}:")
-            self.item.emit(cg, v, ind + "    ")
-
-    def explain(self, value: Any, path: str) -> str | None:
-        if not isinstance(value, (tuple, list)):
-            return self.expected(value, path)
-        for i, item in enumerate(value):
-            why = self.item.explain(item, f"{path}[{i}]")
-            if why:
-                return why
-        return None
+    kinds = (tuple, list)
+    template = "tuple[{}, ...]"
 
     def wire(self) -> Any:
         return tuple[self.item.wire(), ...]  # type: ignore[misc]
