@@ -154,11 +154,6 @@ def _generic(message: str) -> str:
     return message
 
 
-def encode(obj: Any) -> bytes:
-    """msgpack-encode a plain value; unencodable values raise :class:`TypeError`."""
-    return _ENCODER.encode(obj)
-
-
 def encode_error(error_type: str, message: str, workflow_id: str) -> bytes:
     return _ENCODER.encode(
         {

@@ -91,7 +91,7 @@ def make_to_send(
             send = sends[connection_name] = connection.send
         except TypeError:  # an unhashable name
             raise unknown(connection_name) from None
-        # The workflow id (see workflow.outgoing_id), inline: this runs per message.
+        # The workflow id (see workflow.outgoing_flow), inline: this runs per message.
         flow = get_flow()
         if flow is None:
             workflow_id = new_workflow_id()

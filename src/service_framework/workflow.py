@@ -25,7 +25,6 @@ __all__ = [
     "flow_of",
     "new_workflow_id",
     "outgoing_flow",
-    "outgoing_id",
 ]
 
 
@@ -103,16 +102,6 @@ def outgoing_flow() -> Flow:
     outside any handler, the next call of the current one inside a handler."""
     flow = current_flow.get()
     return Flow() if flow is None else flow.child()
-
-
-def outgoing_id() -> str:
-    """The id for a message about to be sent from the current context (what
-    ``outgoing_flow().id`` would be, without building the Flow)."""
-    flow = current_flow.get()
-    if flow is None:
-        return f"{_prefix}-{next(_counter)}"
-    flow.calls += 1
-    return f"{flow.id}_{flow.calls}"
 
 
 def current_workflow_id() -> str | None:
