@@ -211,6 +211,20 @@ class Process:
                 self.popen.wait(10)
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``predicate`` (a condition no event announces) until it holds or ``timeout``
+    passes; returns whether it held."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
 def _deadline(timeout: float) -> Callable[[], float]:
     import time
 

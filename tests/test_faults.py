@@ -29,6 +29,7 @@ import msgspec
 import pytest
 import zmq
 
+from conftest import wait_until
 from service_framework.codec import MessageCodec
 
 # Heartbeats fast enough that a vanished peer is noticed in well under a second.
@@ -71,17 +72,6 @@ def work_out(**creation: Any) -> dict[str, Any]:
 def write_json(path: Path, data: Any) -> Path:
     path.write_text(json.dumps(data))
     return path
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes; returns whether it held."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 def sees(process: Any, pattern: str, timeout: float) -> bool:

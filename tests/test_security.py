@@ -31,6 +31,7 @@ import pytest
 import zmq
 import zmq.auth
 
+from conftest import wait_until
 from service_framework import AddressError, ConfigError, RequestTimeout
 from service_framework.codec import MessageCodec
 from service_framework.runtime import RunOptions, ServiceRuntime
@@ -209,15 +210,6 @@ def assert_served(curve_client, keys: Keys, replyer, name: str = "client") -> No
 def assert_untouched(replyer) -> None:
     assert replyer.module.calls.empty(), "an attacker's request reached the handler"
     assert replyer.runtime.stats()["reply"].received == 0, "a frame got past the handshake"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def one_error_line(stderr: str) -> str:
@@ -867,7 +859,7 @@ def test_rejected_handshake_is_logged(replyer, keys, zctx, caplog) -> None:
     def logged() -> list[str]:
         return [r.getMessage() for r in caplog.records if "rejected a peer's handshake" in r.msg]
 
-    assert wait_until(lambda: any("HANDSHAKE_FAILED_AUTH" in m for m in logged()))
+    assert wait_until(lambda: any("HANDSHAKE_FAILED_AUTH" in m for m in logged()), 10)
     assert all(m.startswith("replyer: connection 'reply' rejected") for m in logged())
     attack_null_client(zctx, replyer.address("reply"), keys)
-    assert wait_until(lambda: any("HANDSHAKE_FAILED_AUTH" not in m for m in logged()))
+    assert wait_until(lambda: any("HANDSHAKE_FAILED_AUTH" not in m for m in logged()), 10)
