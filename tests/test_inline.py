@@ -362,3 +362,18 @@ connection_models = {'in': {'r': {'connection_type': 'replyer',
         match="connection 'r': arguments: key 'obj': type Custom cannot be sent as msgpack",
     ):
         services.add_service("custom", str(write_service("custom", source)))
+
+
+def test_after_inline_calls_this_thread_is_outside_any_workflow(paths) -> None:
+    from service_framework.workflow import current_workflow_id, outgoing_flow
+
+    services = inline()
+    services.set_main_service("requester", paths["requester"])
+    services.add_service("replyer", paths["replyer"])
+    services.add_relation("requester", "request", "replyer", "reply")
+    services.start()
+    ids = [wid for _, wid in services.get_service_module("replyer").seen]
+    assert len(set(ids)) == 2 and "-" not in ids  # each top-level call: a new workflow
+    # The thread that ran them is idle again: no current id, and a send starts afresh.
+    assert current_workflow_id() is None
+    assert "_" not in outgoing_flow().id

@@ -93,7 +93,7 @@ def make_to_send(
             raise unknown(connection_name) from None
         # The workflow id (see workflow.outgoing_flow), inline: this runs per message.
         flow = get_flow()
-        if flow is None:
+        if flow is None or flow._id is IDLE:
             workflow_id = new_workflow_id()
         else:
             flow.calls += 1

@@ -31,40 +31,34 @@ __all__ = [
 class Flow:
     """One message's place in a workflow: its id and how many sends it has made.
 
-    Built on every message, so it is kept as cheap as Python allows: no ``__init__``,
-    defaults on the class, and the id string (and, for a new workflow, its number) made
-    only when something reads it - an envelope, a log line. An inline call that nobody
-    logs never formats one.
+    Built (or reused) for every message, so it is kept as cheap as Python allows: no
+    ``__init__``, defaults on the class, and a new workflow's id (and number) made only
+    when something reads it - an envelope, a log line. An inline call that nobody logs
+    never formats one.
     """
 
-    _id: str | None = None
-    _parent: Flow | None = None
-    _n: int = 0
+    _id: str | None = None  # None: a new workflow whose id is not made yet
     calls: int = 0
 
     @property
     def id(self) -> str:
         if self._id is None:
-            parent = self._parent
-            if parent is None:
-                self._id = f"{_prefix}-{next(_counter)}"
-            else:
-                self._id = f"{parent.id}_{self._n}"
+            self._id = f"{_prefix}-{next(_counter)}"
         return self._id
 
     def child(self) -> Flow:
-        """The flow of the next message this one sends (``<id>_1``, ``<id>_2``, ...)."""
+        """The flow of the next message this one sends (``<id>_1``, ``<id>_2``, ...).
+
+        Its id is made now: a flow may be reused for the next message once this one is
+        handled, so a child must not read it later."""
         self.calls += 1
-        flow = Flow()
-        flow._parent = self
-        flow._n = self.calls
-        return flow
+        return flow_of(f"{self.id}_{self.calls}")
 
     def __repr__(self) -> str:
         return f"Flow({self.id!r}, calls={self.calls})"
 
 
-IDLE = "-"  # the id shown when no message is being handled
+IDLE = "-"  # the id of a flow when no message is being handled
 
 
 def flow_of(workflow_id: str) -> Flow:
@@ -101,10 +95,19 @@ def outgoing_flow() -> Flow:
     """The flow of a message about to be sent from the current context: a new workflow
     outside any handler, the next call of the current one inside a handler."""
     flow = current_flow.get()
-    return Flow() if flow is None else flow.child()
+    return Flow() if flow is None or flow._id is IDLE else flow.child()
+
+
+def install_flow() -> Flow:
+    """Make an idle flow this context's current one, for code that then turns it into
+    each handled message's flow in place (cheaper than setting a new one per message).
+    A flow whose id is :data:`IDLE` stands for "no message being handled"."""
+    flow = flow_of(IDLE)
+    current_flow.set(flow)
+    return flow
 
 
 def current_workflow_id() -> str | None:
     """The id of the message being handled in this context, if any."""
     flow = current_flow.get()
-    return None if flow is None else flow.id
+    return None if flow is None or flow._id is IDLE else flow.id
