@@ -44,6 +44,7 @@ import _harness
 from _harness import (
     PYTHON,
     BenchError,
+    Proc,
     Procs,
     cli_argv,
     paired_summary,
@@ -190,6 +191,30 @@ PUB_READY = r"ready \(.*ticks=tcp://127\.0\.0\.1:(\d+)"
 BARE_READY = r"bare_publisher: ready port=(\d+)"
 
 
+def start_framework_subscriber(
+    procs: Procs, work: Path, label: str, port: str, hwm: int, paths: dict[str, str]
+) -> Proc:
+    """The framework subscriber service, started with the CLI, connected to ``port``."""
+    addresses = work / f"sub_addresses_{label.replace(' ', '_').replace(',', '')}.json"
+    addresses.write_text(
+        json.dumps({"in": {"ticks": {"subscriber": f"127.0.0.1:{port}"}}, "out": {}})
+    )
+    return procs.start(
+        f"framework subscriber ({label})",
+        cli_argv(
+            "bench_subscriber.py",
+            addresses,
+            "-cl",
+            "WARNING",
+            hwm=hwm,
+            ready_path=paths["ready"],
+            done_path=paths["done"],
+            result_path=paths["sub_result.json"],
+        ),
+        role="client",
+    )
+
+
 def one_round(
     procs: Procs, work: Path, kind: str, i: int, n: int, hwm: int
 ) -> tuple[dict[str, float], dict[str, float]]:
@@ -224,24 +249,7 @@ def one_round(
             ),
         )
         port = pub.wait_for_line(PUB_READY, START_TIMEOUT_S).group(1)
-        sub_addresses = work / f"sub_addresses_{i}.json"
-        sub_addresses.write_text(
-            json.dumps({"in": {"ticks": {"subscriber": f"127.0.0.1:{port}"}}, "out": {}})
-        )
-        sub = procs.start(
-            f"framework subscriber (round {i})",
-            cli_argv(
-                "bench_subscriber.py",
-                sub_addresses,
-                "-cl",
-                "WARNING",
-                hwm=hwm,
-                ready_path=paths["ready"],
-                done_path=paths["done"],
-                result_path=paths["sub_result.json"],
-            ),
-            role="client",
-        )
+        sub = start_framework_subscriber(procs, work, f"round {i}", port, hwm, paths)
         pub.wait_exit(timeout, watch=[sub])
         sub.check_alive()
         sub.stop()  # a service loop runs until told to stop
@@ -252,24 +260,7 @@ def one_round(
         )
         port = pub.wait_for_line(BARE_READY, START_TIMEOUT_S).group(1)
         if kind == "sub-framework":
-            sub_addresses = work / f"sub_addresses_{kind}_{i}.json"
-            sub_addresses.write_text(
-                json.dumps({"in": {"ticks": {"subscriber": f"127.0.0.1:{port}"}}, "out": {}})
-            )
-            sub = procs.start(
-                f"framework subscriber (round {i}, {kind})",
-                cli_argv(
-                    "bench_subscriber.py",
-                    sub_addresses,
-                    "-cl",
-                    "WARNING",
-                    hwm=hwm,
-                    ready_path=paths["ready"],
-                    done_path=paths["done"],
-                    result_path=paths["sub_result.json"],
-                ),
-                role="client",
-            )
+            sub = start_framework_subscriber(procs, work, f"round {i}, {kind}", port, hwm, paths)
             pub.wait_exit(timeout, watch=[sub])
             sub.check_alive()
             sub.stop()
