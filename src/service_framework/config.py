@@ -208,9 +208,7 @@ def _accepts_str(node: Node) -> bool:
         return True
     if isinstance(node, UnionNode):
         return any(_accepts_str(m) for m in node.members)
-    if isinstance(node, LiteralNode):
-        return False
-    return False
+    return False  # literals and containers are converted
 
 
 def validate_addresses_shape(service: str, addresses: object) -> dict[str, dict[str, Any]]:

@@ -352,7 +352,7 @@ def _request_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
             current_flow.reset(token)
 
     if len(targets) == 1:
-        return _single_request_route(out_model, targets[0], call)
+        return _single_request_route(out_model, targets[0])
 
     def fan_in(args: Any) -> Any:
         if not check_args(args):
@@ -374,9 +374,7 @@ def _request_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
     return fan_in
 
 
-def _single_request_route(
-    out_model: ConnectionModel, target: _Target, call: Callable[[_Target, Any, Flow], Any]
-) -> Route:
+def _single_request_route(out_model: ConnectionModel, target: _Target) -> Route:
     """The common case, one replyer, with every lookup bound once (the hot path)."""
     check_args, args_error = out_model.args.check, out_model.args.error
     assert out_model.returns is not None and target.model.returns is not None

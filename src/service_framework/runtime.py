@@ -367,6 +367,9 @@ class ServiceRuntime:
             by_socket[reader.socket] = reader
         wake = self._wake_r
         poller.register(wake, zmq.POLLIN)
+        # The pause between turns (-wt) waits on the wake pipe alone: built once here.
+        pause = zmq.Poller()
+        pause.register(wake, zmq.POLLIN)
         state = self.state
         min_wait = self.options.min_wait_s
         started = 0.0
@@ -392,15 +395,9 @@ class ServiceRuntime:
                     break
             if min_wait and not state.stopping:
                 remaining = min_wait - (time.monotonic() - started)
-                if remaining > 0:
-                    self._pause(remaining)
-
-    def _pause(self, seconds: float) -> None:
-        """Sleep, but wake at once when asked to stop."""
-        poller = zmq.Poller()
-        poller.register(self._wake_r, zmq.POLLIN)
-        if poller.poll(int(seconds * 1000)):
-            self._drain_wake()
+                # Sleep, but wake at once when asked to stop.
+                if remaining > 0 and pause.poll(int(remaining * 1000)):
+                    self._drain_wake()
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
