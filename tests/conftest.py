@@ -250,12 +250,23 @@ def cli(tmp_path: Path) -> Iterator[Callable[..., Process]]:
                 pipe.close()
 
 
+def echo_requester(timeout_s: float) -> dict[str, Any]:
+    """The outbound model matching the tests' echo replyers: ``{'text': str}`` both ways."""
+    return {
+        "connection_type": "requester",
+        "optional_creation_arguments": {"timeout_s": timeout_s},
+        "required_arguments": {"text": str},
+        "required_return_arguments": {"text": str},
+    }
+
+
 @pytest.fixture
 def client() -> Iterator[Callable[..., ServiceRuntime]]:
     """A started (not running) service built from models, used for its ``to_send``.
 
     ``client({'out': {...}}, addresses)`` returns the runtime; call
-    ``runtime.to_send(name, args)`` from the test thread. Closed at test end.
+    ``runtime.to_send(name, args)`` from the test thread; ``curve=`` gives it a CURVE
+    identity. Closed at test end.
     """
     import types
 
@@ -266,6 +277,7 @@ def client() -> Iterator[Callable[..., ServiceRuntime]]:
         addresses: Mapping[str, Any] | None = None,
         *,
         name: str = "client",
+        curve: Any = None,
         **attributes: Any,
     ) -> ServiceRuntime:
         module = types.ModuleType(name)
@@ -273,7 +285,7 @@ def client() -> Iterator[Callable[..., ServiceRuntime]]:
         for key, value in attributes.items():
             setattr(module, key, value)
         runtime = ServiceRuntime(
-            module, addresses=addresses, options=RunOptions(install_signals=False)
+            module, addresses=addresses, options=RunOptions(install_signals=False, curve=curve)
         )
         runtime.start()
         made.append(runtime)

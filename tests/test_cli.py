@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from conftest import echo_requester
 from service_framework import RequestTimeout
 from service_framework.cli import split_arguments
 
@@ -33,12 +34,7 @@ connection_models = {'in': {'echo': {
 }}}
 """
 
-ECHO_OUT = {
-    "connection_type": "requester",
-    "optional_creation_arguments": {"timeout_s": 10},
-    "required_arguments": {"text": str},
-    "required_return_arguments": {"text": str},
-}
+ECHO_OUT = echo_requester(timeout_s=10)
 
 
 def write_json(path: Path, data: Any) -> Path:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from conftest import echo_requester
 from service_framework import (
     AddressError,
     ConfigError,
@@ -40,12 +41,7 @@ connection_models = {'in': {'echo': {
 }}}
 """
 
-ECHO_OUT = {
-    "connection_type": "requester",
-    "optional_creation_arguments": {"timeout_s": 5},
-    "required_arguments": {"text": str},
-    "required_return_arguments": {"text": str},
-}
+ECHO_OUT = echo_requester(timeout_s=5)
 
 
 def start(module: Any, **kwargs: Any) -> ServiceRuntime:

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,28 +151,21 @@ def keys(tmp_path: Path) -> Keys:
 
 
 @pytest.fixture
-def curve_client() -> Iterator[Callable[..., ServiceRuntime]]:
+def curve_client(client) -> Callable[..., ServiceRuntime]:
     """A started (not running) requester runtime with its own CURVE identity."""
-    made: list[ServiceRuntime] = []
 
     def make(
         curve: Curve, address: str, server_key: str, timeout_s: float = CLIENT_TIMEOUT_S
     ) -> ServiceRuntime:
-        module = types.ModuleType("curve_client")
-        module.connection_models = requester_models(timeout_s)  # type: ignore[attr-defined]
         entry = {"requester": address, "server_public_key": server_key}
-        runtime = ServiceRuntime(
-            module,
-            addresses={"out": {"request": entry}},
-            options=RunOptions(install_signals=False, curve=curve),
+        return client(  # type: ignore[no-any-return]
+            requester_models(timeout_s),
+            {"out": {"request": entry}},
+            name="curve_client",
+            curve=curve,
         )
-        runtime.start()
-        made.append(runtime)
-        return runtime
 
-    yield make
-    for runtime in made:
-        runtime.close()
+    return make
 
 
 def start_replyer(write_service, run_service, curve: Curve | None):

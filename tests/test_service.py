@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from conftest import echo_requester
 from service_framework import Service, StartupError, ValidationError
 
 ECHO = """
@@ -24,12 +25,7 @@ connection_models = {'in': {'echo': {
 }}}
 """
 
-ECHO_OUT = {
-    "connection_type": "requester",
-    "optional_creation_arguments": {"timeout_s": 10},
-    "required_arguments": {"text": str},
-    "required_return_arguments": {"text": str},
-}
+ECHO_OUT = echo_requester(timeout_s=10)
 ADDRESSES = {"in": {"echo": {"replyer": "127.0.0.1:0"}}}
 
 
