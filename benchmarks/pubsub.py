@@ -67,7 +67,7 @@ def bare_publisher(
     n_text: str, hwm_text: str, ready: str, done: str, result: str, framing: str = "plain"
 ) -> None:
     """Publishes the payload as plain msgpack, or (``framing="envelope"``) in the
-    framework's frame layout, ``[topic, {"v", "workflow_id", "args"}]``, so that the
+    framework's frame layout, ``[topic, v, workflow_id, args, meta]``, so that the
     framework's subscriber can be fed by the same bare publisher as a bare one."""
     import msgpack
     import zmq
@@ -83,7 +83,8 @@ def bare_publisher(
         pack_payload = msgpack.packb
 
         def packb(message: dict[str, object]) -> bytes:
-            return b"\x92\xa0" + pack_payload({"v": 1, "workflow_id": "bare", "args": message})
+            # ["", 1, "bare", message, None]
+            return b"\x95\xa0\x01\xa4bare" + pack_payload(message) + b"\xc0"
 
     else:
         packb = msgpack.packb
@@ -147,7 +148,7 @@ def bare_subscriber(
         unpack_frame = msgpack.unpackb
 
         def unpackb(frame: bytes) -> dict[str, object]:
-            return unpack_frame(frame)[1]["args"]  # type: ignore[no-any-return]
+            return unpack_frame(frame)[3]  # type: ignore[no-any-return]
 
     else:
         unpackb = msgpack.unpackb

@@ -88,6 +88,10 @@ def request_frame(args: Any, **envelope: Any) -> bytes:
     return pack({"v": ENVELOPE_VERSION, "workflow_id": "wf-1", "args": args, **envelope})
 
 
+def publish_frame(topic: str, args: Any, v: int = 1, workflow_id: str = "wf-1") -> bytes:
+    return pack([topic, v, workflow_id, args, None])
+
+
 def reply_frame(**envelope: Any) -> bytes:
     return pack({"v": ENVELOPE_VERSION, "workflow_id": "wf-1", **envelope})
 
@@ -422,8 +426,17 @@ def pub_args() -> Validator:
 class TestPublish:
     def test_prefix_is_the_msgpack_topic(self, pub_args: Validator) -> None:
         codec = PublishCodec(pub_args, "orders")
-        assert codec.prefix == topic_prefix("orders") == b"\x92" + pack("orders")
+        assert codec.prefix == topic_prefix("orders") == b"\x95" + pack("orders")
         assert codec.encode({"qty": 1}, "w").startswith(codec.prefix)
+
+    def test_frame_layout(self, pub_args: Validator) -> None:
+        frame = PublishCodec(pub_args, "orders").encode({"qty": 1}, "wf-7")
+        assert msgspec.msgpack.decode(frame) == ["orders", 1, "wf-7", {"qty": 1}, None]
+
+    def test_meta_and_later_elements(self, pub_args: Validator) -> None:
+        codec = PublishCodec(pub_args, "orders")
+        decoded = codec.decode(pack(["orders", 1, "w", {"qty": 1}, {"deadline": 5}, "later"]))
+        assert (decoded.args, decoded.meta) == ({"qty": 1}, {"deadline": 5})
 
     def test_topic_is_not_a_prefix_of_a_longer_topic(self, pub_args: Validator) -> None:
         short, long = PublishCodec(pub_args, "orders"), PublishCodec(pub_args, "orders_eu")
@@ -465,7 +478,8 @@ class TestPublish:
     @pytest.mark.parametrize(
         "frame",
         [b"", b"\x01", b"\xa3ab", b"\xa6orders", b"\xa6orders\xc1", b"\xa6orders\x93\x01\x02\x03",
-         pack({"v": 1, "args": {"qty": 1}}), b"\xd9", b"\xdb\xff\xff\xff\xff"],
+         pack({"v": 1, "args": {"qty": 1}}), pack(["orders", 1, "w"]),
+         pack(["orders", 1, "w", {"qty": 1}, "meta"]), b"\xd9", b"\xdb\xff\xff\xff\xff"],
     )  # fmt: skip
     def test_garbage_frames_raise_decode_error(
         self, pub_args: Validator, topic: str, frame: bytes
@@ -475,11 +489,11 @@ class TestPublish:
 
     def test_invalid_args_raise_validation_error(self, pub_args: Validator) -> None:
         codec = PublishCodec(pub_args, "orders")
-        frame = codec.prefix + request_frame({"qty": "1"})
+        frame = publish_frame("orders", {"qty": "1"})
         with pytest.raises(ValidationError) as info:
             codec.decode(frame)
         assert str(info.value) == "shop: orders.args: expected int, got str at $.qty"
-        frame = codec.prefix + request_frame({"qty": 1, "zzz": 1})
+        frame = publish_frame("orders", {"qty": 1, "zzz": 1})
         with pytest.raises(
             ValidationError, match=r"unexpected key 'zzz' at \$ \(allowed: 'qty', 'note'\)$"
         ):
@@ -488,13 +502,20 @@ class TestPublish:
     def test_version_is_checked(self, pub_args: Validator) -> None:
         codec = PublishCodec(pub_args, "")
         with pytest.raises(DecodeError, match="unsupported envelope version 3"):
-            codec.decode(codec.prefix + request_frame({"qty": 1}, v=3))
+            codec.decode(publish_frame("", {"qty": 1}, v=3))
+        # A later version may lay its frame out differently: still named as the version.
+        with pytest.raises(DecodeError, match="unsupported envelope version 2"):
+            codec.decode(pack(["", 2, {"new": "layout"}]))
 
     def test_size_cap(self, pub_args: Validator) -> None:
         frame = PublishCodec(pub_args, "t").encode({"qty": 1, "note": "x" * 40}, "w")
         assert PublishCodec(pub_args, "t", max_bytes=len(frame)).decode(frame).args["qty"] == 1
         with pytest.raises(DecodeError, match="exceeds"):
             PublishCodec(pub_args, "t", max_bytes=len(frame) - 1).decode(frame)
+
+    def test_workflow_id_of_an_invalid_frame(self, pub_args: Validator) -> None:
+        frame = publish_frame("orders", {"qty": "x"}, workflow_id="wf-bad")
+        assert PublishCodec(pub_args, "orders").workflow_id_of(frame) == "wf-bad"
 
     @pytest.mark.parametrize("frame", [b"", b"\x01", b"\xa6orders", b"\xa6orders\xc1"])
     def test_workflow_id_of_garbage(self, pub_args: Validator, frame: bytes) -> None:
@@ -510,11 +531,11 @@ class TestPublish:
      (65536, 0xDB)],
 )  # fmt: skip
 def test_topic_prefix_for_every_str_header_size(length: int, header: int) -> None:
-    # A publish frame is the msgpack array [topic, envelope]: its first bytes are the
+    # A publish frame is a msgpack array of five, topic first: its first bytes are the
     # array header and the topic as a msgpack str, whose header holds its length.
     topic = "t" * length
     prefix = topic_prefix(topic)
-    assert prefix[0] == 0x92 and prefix[1] == header
+    assert prefix[0] == 0x95 and prefix[1] == header
     frame = PublishCodec(validator({"qty": int}), topic).encode({"qty": 1}, "w")
     assert frame.startswith(prefix)
     assert msgspec.msgpack.decode(frame)[0] == topic
@@ -624,7 +645,9 @@ class TestFuzz:
         frames = {
             loose.decode_request: args_x,
             loose.decode_reply: b"\x82\xa1v\x01\xabreturn_args\x81\xa1x" + nested,
-            PublishCodec(validator({"x": list}), "").decode: b"\xa1t" + args_x,
+            # ["t", 1, "w", {"x": ...}] (no meta)
+            PublishCodec(validator({"x": list}), "").decode: b"\x94\xa1t\x01\xa1w\x81\xa1x"
+            + nested,
         }
         # The same depth where the model wants an int, and in an ignored envelope key.
         strict = MessageCodec(validator({"x": int}), validator({}))

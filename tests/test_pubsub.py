@@ -162,7 +162,7 @@ def test_bad_frames_are_dropped_and_counted(write_service, run_service, zctx) ->
     prefix = topic_prefix("")
 
     def envelope(args: Any, v: int = 1) -> bytes:
-        return prefix + msgspec.msgpack.encode({"v": v, "workflow_id": "w", "args": args})
+        return msgspec.msgpack.encode(["", v, "w", args, None])
 
     received = sub.module.received
     sync(lambda a: raw.send(envelope(a)), received)
@@ -172,6 +172,8 @@ def test_bad_frames_are_dropped_and_counted(write_service, run_service, zctx) ->
         b"\xc1\xc1\xc1",
         prefix + b"\xc1",
         prefix + msgspec.msgpack.encode([1, 2]),
+        msgspec.msgpack.encode(["", 1, "w"]),  # too short
+        msgspec.msgpack.encode({"v": 1, "workflow_id": "w", "args": {"n": 1}}),  # a request
         envelope({"n": "one"}),
         envelope({"n": 1, "unknown": True}),
         envelope({}),

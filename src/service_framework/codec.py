@@ -1,17 +1,22 @@
 """Envelopes to bytes and back: msgpack via msgspec, nothing else.
 
-Wire format (msgpack maps; receivers ignore keys they do not know, so later versions
-can add keys without breaking older peers):
+Wire format. Request/reply envelopes are msgpack maps (receivers ignore keys they do
+not know, so later versions can add keys without breaking older peers):
 
 * request  ``{"v": 1, "workflow_id": str, "args": {...}, "meta": {...}?}``
 * reply    ``{"v": 1, "workflow_id": str, "return_args": {...}}``
 * error    ``{"v": 1, "workflow_id": str, "error": {"type": str, "message": str}}``
-* publish  ``[topic, request envelope]``, a msgpack array of two. SUB sockets filter on
-  a frame's leading bytes - the array header, then the topic as a msgpack str, whose
-  header holds its length - so topic ``"orders"`` never matches ``"orders_eu"``.
+
+A published message is the throughput path, so its frame is a msgpack array of exactly
+five: ``[topic, 1, workflow_id, args, meta]`` (``meta`` is nil when there is none).
+Positions instead of keys make it cheaper to encode and to decode, and the fixed length
+keeps the frame's leading bytes - the array header, then the topic as a msgpack str,
+whose header holds its length - the same for every message on a topic. SUB sockets
+filter on those bytes, so topic ``"orders"`` never matches ``"orders_eu"``. New fields
+travel in ``meta``; receivers ignore elements after the fifth.
 
 ``v`` changes only for an incompatible change; a receiver rejects versions it does not
-know. ``meta`` is room for metadata that travels with a request (deadlines, tracing).
+know. ``meta`` is room for metadata that travels with a message (deadlines, tracing).
 
 Decoding a request validates its ``args`` against the connection's compiled model in
 the same msgspec pass, and restores ``Decimal``, ``UUID``, ``bytes``, sets and tuples.
@@ -54,8 +59,11 @@ class _Loose(msgspec.Struct):
 
 
 class _LooseFrame(msgspec.Struct, array_like=True):
-    topic: Any
-    envelope: _Loose
+    """Just enough of a publish frame to report on one that did not decode."""
+
+    topic: Any = None
+    v: Any = None
+    workflow_id: Any = ""
 
 
 @runtime_checkable
@@ -165,20 +173,24 @@ def encode_error(error_type: str, message: str, workflow_id: str) -> bytes:
 
 
 def topic_prefix(topic: str) -> bytes:
-    """The leading bytes of every frame published on ``topic``: a publish frame is the
-    msgpack array ``[topic, envelope]``, so it starts with the array's header byte and
-    the topic as a msgpack str (whose header holds its length: an exact match)."""
-    return _ARRAY_OF_TWO + _ENCODER.encode(topic)
+    """The leading bytes of every frame published on ``topic``: a publish frame is a
+    msgpack array of five, so it starts with the array's header byte and the topic as a
+    msgpack str (whose header holds its length: an exact match)."""
+    return _ARRAY_OF_FIVE + _ENCODER.encode(topic)
 
 
-_ARRAY_OF_TWO = b"\x92"
+_ARRAY_OF_FIVE = b"\x95"
 
 
 def check_version(version: int) -> None:
     if version != ENVELOPE_VERSION:
-        raise DecodeError(
-            f"unsupported envelope version {version} (this side speaks {ENVELOPE_VERSION})"
-        )
+        raise version_error(version)
+
+
+def version_error(version: object) -> DecodeError:
+    return DecodeError(
+        f"unsupported envelope version {version} (this side speaks {ENVELOPE_VERSION})"
+    )
 
 
 class _Decoding:
@@ -317,26 +329,23 @@ class PublishCodec:
         self.prefix = topic_prefix(topic)
         self._topic = topic
         self.max_bytes = max_bytes
-        envelope = msgspec.defstruct(
-            "PublishEnvelope",
+        frame = msgspec.defstruct(
+            "PublishFrame",
             [
+                ("topic", str),
+                ("v", int),
+                ("workflow_id", str),
                 ("args", args.node.wire()),
-                ("v", int, ENVELOPE_VERSION),
-                ("workflow_id", str, ""),
                 ("meta", dict[str, Any] | None, None),
             ],
+            array_like=True,
         )
-        frame = msgspec.defstruct(
-            "PublishFrame", [("topic", str), ("envelope", envelope)], array_like=True
-        )
-        self._decoding = _Decoding(frame, args.node, "$[1].args", args)
+        self._decoding = _Decoding(frame, args.node, "$[3]", args)
         self._decode = self._decoding.decoder.decode
         self._convert = self._decoding.convert
 
     def encode(self, args: Any, workflow_id: str) -> bytes:
-        return _ENCODER.encode(
-            (self._topic, {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "args": args})
-        )
+        return _ENCODER.encode((self._topic, ENVELOPE_VERSION, workflow_id, args, None))
 
     def decode(self, frame: bytes) -> Request:
         """Decode a frame received on a SUB socket subscribed to this codec's topic (an
@@ -349,22 +358,32 @@ class PublishCodec:
         try:
             decoded = self._decode(frame)
         except Exception as exc:
-            raise self._decoding.fail(exc) from None
+            raise self._failure(frame, exc) from None
         if self._topic and decoded.topic != self._topic:
             # SUB filters only the first frame of a message; later frames arrive as is.
             raise DecodeError(f"frame is for topic {decoded.topic!r}, not {self._topic!r}")
-        env = decoded.envelope
-        if env.v != ENVELOPE_VERSION:
-            check_version(env.v)
+        if decoded.v != ENVELOPE_VERSION:
+            check_version(decoded.v)
         if self._convert is not None:
-            env.args = self._convert(env.args)
-        return env  # type: ignore[no-any-return]
+            decoded.args = self._convert(decoded.args)
+        return decoded  # type: ignore[no-any-return]
+
+    def _failure(self, frame: bytes, exc: Exception) -> Exception:
+        # Another version may lay the frame out differently: say so rather than
+        # reporting whatever its layout made fail.
+        try:
+            version = _LOOSE_FRAME.decode(frame).v
+        except Exception:
+            version = ENVELOPE_VERSION
+        if version != ENVELOPE_VERSION and type(version) is int:
+            return version_error(version)
+        return self._decoding.fail(exc)
 
     @staticmethod
     def workflow_id_of(frame: bytes) -> str:
         """Best-effort workflow id of a frame that failed to decode ('' if none)."""
         try:
-            wid = _LOOSE_FRAME.decode(frame).envelope.workflow_id
+            wid = _LOOSE_FRAME.decode(frame).workflow_id
         except Exception:
             return ""
         return wid if isinstance(wid, str) else ""
