@@ -26,7 +26,8 @@ Nothing is ever unpickled: msgpack has no code-bearing types and no ext hook is 
 from __future__ import annotations
 
 import re
-from typing import Any, Final, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -319,9 +320,14 @@ class MessageCodec:
 
 
 class PublishCodec:
-    """Frames for one publish/subscribe connection (see the module docstring)."""
+    """Frames for one publish/subscribe connection (see the module docstring).
 
-    __slots__ = ("_convert", "_decode", "_decoding", "_topic", "max_bytes", "prefix")
+    ``decode(frame)`` decodes a frame received on a SUB socket subscribed to this
+    codec's topic (an empty topic receives every topic); it raises :class:`DecodeError`
+    or :class:`ValidationError`.
+    """
+
+    __slots__ = ("_decoding", "_topic", "decode", "max_bytes", "prefix")
 
     def __init__(
         self, args: Validator, topic: str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -329,11 +335,14 @@ class PublishCodec:
         self.prefix = topic_prefix(topic)
         self._topic = topic
         self.max_bytes = max_bytes
+        # msgspec checks the topic (SUB filters only the first frame of a message; later
+        # frames arrive as they are) and the version while it decodes: a frame that
+        # fails either is explained in _failure, off the per-message path.
         frame = msgspec.defstruct(
             "PublishFrame",
             [
-                ("topic", str),
-                ("v", int),
+                ("topic", Literal[topic] if topic else str),
+                ("v", Literal[ENVELOPE_VERSION]),
                 ("workflow_id", str),
                 ("args", args.node.wire()),
                 ("meta", dict[str, Any] | None, None),
@@ -341,42 +350,40 @@ class PublishCodec:
             array_like=True,
         )
         self._decoding = _Decoding(frame, args.node, "$[3]", args)
-        self._decode = self._decoding.decoder.decode
-        self._convert = self._decoding.convert
+        self.decode: Callable[[bytes], Request] = self._decoder()
 
     def encode(self, args: Any, workflow_id: str) -> bytes:
         return _ENCODER.encode((self._topic, ENVELOPE_VERSION, workflow_id, args, None))
 
-    def decode(self, frame: bytes) -> Request:
-        """Decode a frame received on a SUB socket subscribed to this codec's topic (an
-        empty topic receives every topic)."""
-        # The steps of _Decoding.envelope, inline: this is the throughput path.
-        if len(frame) > self.max_bytes:
-            raise DecodeError(
-                f"message of {len(frame)} bytes exceeds the {self.max_bytes}-byte cap"
-            )
-        try:
-            decoded = self._decode(frame)
-        except Exception as exc:
-            raise self._failure(frame, exc) from None
-        if self._topic and decoded.topic != self._topic:
-            # SUB filters only the first frame of a message; later frames arrive as is.
-            raise DecodeError(f"frame is for topic {decoded.topic!r}, not {self._topic!r}")
-        if decoded.v != ENVELOPE_VERSION:
-            check_version(decoded.v)
-        if self._convert is not None:
-            decoded.args = self._convert(decoded.args)
-        return decoded  # type: ignore[no-any-return]
+    def _decoder(self) -> Callable[[bytes], Request]:
+        # A closure over what it needs rather than a method: this is the throughput path.
+        max_bytes, failure = self.max_bytes, self._failure
+        decode, convert = self._decoding.decoder.decode, self._decoding.convert
+
+        def decode_frame(frame: bytes) -> Request:
+            if len(frame) > max_bytes:
+                raise DecodeError(f"message of {len(frame)} bytes exceeds the {max_bytes}-byte cap")
+            try:
+                decoded = decode(frame)
+            except Exception as exc:
+                raise failure(frame, exc) from None
+            if convert is not None:
+                decoded.args = convert(decoded.args)
+            return decoded  # type: ignore[no-any-return]
+
+        return decode_frame
 
     def _failure(self, frame: bytes, exc: Exception) -> Exception:
         # Another version may lay the frame out differently: say so rather than
         # reporting whatever its layout made fail.
         try:
-            version = _LOOSE_FRAME.decode(frame).v
+            loose = _LOOSE_FRAME.decode(frame)
         except Exception:
-            version = ENVELOPE_VERSION
-        if version != ENVELOPE_VERSION and type(version) is int:
-            return version_error(version)
+            return self._decoding.fail(exc)
+        if type(loose.v) is int and loose.v != ENVELOPE_VERSION:
+            return version_error(loose.v)
+        if self._topic and type(loose.topic) is str and loose.topic != self._topic:
+            return DecodeError(f"frame is for topic {loose.topic!r}, not {self._topic!r}")
         return self._decoding.fail(exc)
 
     @staticmethod
