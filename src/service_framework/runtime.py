@@ -88,7 +88,7 @@ def make_to_send(
             connection = outbound.get(connection_name)
             if connection is None:
                 raise unknown(connection_name) from None
-            send = sends[connection_name] = connection.send
+            send = sends[connection_name] = connection.sender()
         except TypeError:  # an unhashable name
             raise unknown(connection_name) from None
         # The workflow id (see workflow.outgoing_flow), inline: this runs per message.

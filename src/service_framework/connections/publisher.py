@@ -41,12 +41,9 @@ class Publisher(OutboundConnection):
         self.codec = PublishCodec(
             model.args, self.topic, max_bytes=self.socket_options.max_message_bytes
         )
-        self._check_args = model.args.check
-        self._args_error = model.args.error
-        self._encode = self.codec.encode
-        self._debug = env.debug
         self.socket: zmq.Socket[Any] | None = None
         self._send: Callable[[bytes], Any] = self._closed
+        self._publish = self._publisher()
 
     @classmethod
     def prepare(
@@ -81,21 +78,33 @@ class Publisher(OutboundConnection):
         return () if self.socket is None else (self.socket,)
 
     def send(self, args: Any, workflow_id: str) -> None:
-        if not self._check_args(args):
-            raise self._args_error(args)
-        try:
-            frame = self._encode(args, workflow_id)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise self.unencodable(exc) from None
-        if self._debug:
-            self.env.log.debug(
-                "%s: publishing on '%s' [%s]", self.env.service, self.name, workflow_id
-            )
-        # acquire/release rather than `with`: half the cost, and this runs per message.
-        lock = self.lock
-        lock.acquire()
-        try:
-            self._send(frame)  # PUB never blocks: beyond sndhwm, messages are dropped
-        finally:
-            lock.release()
-        self.stats.handled += 1
+        self._publish(args, workflow_id)
+
+    def sender(self) -> Callable[[Any, str], None]:
+        return self._publish
+
+    def _publisher(self) -> Callable[[Any, str], None]:
+        # A closure over what it needs rather than a method: this runs per message.
+        check, args_error, encode = self.model.args.check, self.model.args.error, self.codec.encode
+        acquire, release = self.lock.acquire, self.lock.release
+        stats, unencodable = self.stats, self.unencodable
+        debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
+
+        def publish(args: Any, workflow_id: str) -> None:
+            if not check(args):
+                raise args_error(args)
+            try:
+                frame = encode(args, workflow_id)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise unencodable(exc) from None
+            if debug:
+                log.debug("%s: publishing on '%s' [%s]", service, name, workflow_id)
+            # acquire/release rather than `with`: half the cost.
+            acquire()
+            try:
+                self._send(frame)  # PUB never blocks: beyond sndhwm, messages are dropped
+            finally:
+                release()
+            stats.handled += 1
+
+        return publish
