@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import re
 from typing import Any
 
 import msgspec
@@ -11,6 +12,7 @@ import zmq
 
 from service_framework import ValidationError
 from service_framework.codec import topic_prefix
+from service_framework.logs import configure_logging
 
 SUBSCRIBER = """
 import queue
@@ -208,3 +210,37 @@ def test_handler_failure_does_not_stop_later_messages(write_service, run_service
         publisher.to_send("fills", {"n": n, "explode": n % 2 == 0})
     assert [m["n"] for m in collect(sub.module.received, 3)] == [1, 3, 5]
     assert sub.runtime.stats()["fills"].failed == 3
+
+
+def test_debug_logs_each_published_and_handled_message_with_its_id(
+    write_service, run_service, client, tmp_path
+) -> None:
+    log_file = tmp_path / "pubsub.log"
+    configure_logging(console_loglevel=None, log_path=log_file, file_loglevel="DEBUG")
+    try:
+        publisher = client(publisher_models(), {"out": {"fills": {"publisher": "127.0.0.1:0"}}})
+        address = publisher.endpoints()["out"]["fills"][0].removeprefix("tcp://")
+        sub = run_service(
+            write_service("sub", subscriber_source()),
+            addresses={"in": {"fills": {"subscriber": address}}},
+        )
+        sync(lambda a: publisher.to_send("fills", a), sub.module.received)
+        synced = len(log_file.read_text())
+        publisher.to_send("fills", {"n": 5})
+        assert next_message(sub.module.received) == {"n": 5}
+        sub.stop()
+    finally:
+        configure_logging(console_loglevel="WARNING")
+    text = log_file.read_text()[synced:]
+    published = re.findall(r"client: publishing on 'fills' \[(\S+)\]", text)
+    handled = re.findall(r"sub: handling 'fills' \[(\S+)\]", text)
+    assert len(published) == 1 and handled == published
+
+
+def test_publishing_on_a_closed_connection_names_it(client) -> None:
+    publisher = client(publisher_models(), {"out": {"fills": {"publisher": "127.0.0.1:0"}}})
+    assert publisher.to_send is not None
+    publisher.to_send("fills", {"n": 1})
+    publisher.close()
+    with pytest.raises(RuntimeError, match="client: connection 'fills' is closed"):
+        publisher.to_send("fills", {"n": 2})
