@@ -290,6 +290,13 @@ class TestRequests:
         with pytest.raises(DecodeError, match=f"unsupported envelope version {version}"):
             codec.decode_request(request_frame(ARGS, v=version))
 
+    def test_another_version_is_named_even_when_its_args_do_not_fit(
+        self, codec: MessageCodec
+    ) -> None:
+        # A peer of another version may shape args differently: the version is the news.
+        with pytest.raises(DecodeError, match="unsupported envelope version 2"):
+            codec.decode_request(request_frame({"renamed": 1}, v=2))
+
     def test_size_cap_is_enforced_at_the_boundary(self) -> None:
         args, returns = validator({"s": str}), validator({})
         frame = request_frame({"s": "x" * 100})

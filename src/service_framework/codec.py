@@ -54,8 +54,9 @@ class ErrorInfo(msgspec.Struct):
 
 
 class _Loose(msgspec.Struct):
-    """Just enough of an envelope to answer a request whose args did not validate."""
+    """Just enough of an envelope to report on one that did not decode."""
 
+    v: Any = None
     workflow_id: Any = ""
 
 
@@ -183,41 +184,81 @@ def topic_prefix(topic: str) -> bytes:
 _ARRAY_OF_FIVE = b"\x95"
 
 
-def check_version(version: int) -> None:
-    if version != ENVELOPE_VERSION:
-        raise version_error(version)
+def _read_loose(loose: msgspec.msgpack.Decoder[Any], frame: bytes | memoryview) -> Any:
+    """``frame`` decoded with a ``_Loose``/``_LooseFrame`` decoder; ``None`` if it is not
+    even that."""
+    try:
+        return loose.decode(frame)
+    except Exception:
+        return None
 
 
-def version_error(version: object) -> DecodeError:
-    return DecodeError(
-        f"unsupported envelope version {version} (this side speaks {ENVELOPE_VERSION})"
-    )
+def _workflow_id_in(loose: msgspec.msgpack.Decoder[Any], frame: bytes | memoryview) -> str:
+    wid = getattr(_read_loose(loose, frame), "workflow_id", "")
+    return wid if isinstance(wid, str) else ""
 
 
 class _Decoding:
-    """A typed decoder for one envelope shape plus the converter back to plain dicts."""
+    """A typed decoder for one envelope shape plus the converter back to plain dicts.
 
-    __slots__ = ("convert", "decoder", "root", "validator")
+    Every envelope declares ``v`` as ``Literal[ENVELOPE_VERSION]``, so msgspec checks
+    the version in its one pass; :meth:`fail` explains a frame that did not decode,
+    off the per-message path.
+    """
 
-    def __init__(self, envelope: type[msgspec.Struct], node: Node, root: str, validator: Validator):
+    __slots__ = ("check_loose", "convert", "decoder", "loose", "root", "validator")
+
+    def __init__(
+        self,
+        envelope: type[msgspec.Struct],
+        node: Node,
+        root: str,
+        validator: Validator,
+        loose: msgspec.msgpack.Decoder[Any],
+        check_loose: Callable[[Any], Exception | None] | None = None,
+    ):
         # Envelope structs are built at run time; read their fields as Any.
         self.decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(envelope)
         self.convert = build_converter(node)
         self.root = root  # where the payload sits in the frame, e.g. "$.args"
         self.validator = validator
+        self.loose = loose  # reads v and workflow_id from a frame that did not decode
+        self.check_loose = check_loose  # any further check on that loose reading
 
-    def envelope(self, frame: bytes | memoryview, max_bytes: int, what: str) -> Any:
-        """The decoded envelope, its size and version checked; errors as :meth:`fail`."""
-        if len(frame) > max_bytes:
-            raise DecodeError(f"{what} of {len(frame)} bytes exceeds the {max_bytes}-byte cap")
-        try:
-            env = self.decoder.decode(frame)
-        except Exception as exc:
-            raise self.fail(exc) from None
-        check_version(env.v)
-        return env
+    def reader(
+        self, max_bytes: int, what: str, *, converts_args: bool
+    ) -> Callable[[bytes | memoryview], Any]:
+        """The per-message decode: the size cap, one msgspec pass, errors explained by
+        :meth:`fail`, and (``converts_args``) ``args`` turned into plain values. A
+        closure over what it needs rather than a method: this is the throughput path."""
+        decode, fail = self.decoder.decode, self.fail
+        convert = self.convert if converts_args else None
 
-    def fail(self, exc: Exception) -> Exception:
+        def read(frame: bytes | memoryview) -> Any:
+            if len(frame) > max_bytes:
+                raise DecodeError(f"{what} of {len(frame)} bytes exceeds the {max_bytes}-byte cap")
+            try:
+                env = decode(frame)
+            except Exception as exc:
+                raise fail(exc, frame) from None
+            if convert is not None:
+                env.args = convert(env.args)
+            return env
+
+        return read
+
+    def fail(self, exc: Exception, frame: bytes | memoryview) -> Exception:
+        # Another version may lay the frame out differently: say so rather than
+        # reporting whatever its layout made fail.
+        loose = _read_loose(self.loose, frame)
+        if loose is not None:
+            if type(loose.v) is int and loose.v != ENVELOPE_VERSION:
+                return DecodeError(
+                    f"unsupported envelope version {loose.v} (this side speaks {ENVELOPE_VERSION})"
+                )
+            error = self.check_loose(loose) if self.check_loose is not None else None
+            if error is not None:
+                return error
         if isinstance(exc, msgspec.ValidationError):
             detail, inside = _translate(str(exc), self.root, self.validator.node)
             if inside:
@@ -232,10 +273,12 @@ class MessageCodec:
     """Requests and replies for one request/reply connection.
 
     Built once at start-up from the connection's compiled models; the per-message
-    methods do a dict literal plus one msgspec call each way.
+    methods do a dict literal plus one msgspec call each way. ``decode_request(frame)``
+    decodes and validates a request; it raises :class:`DecodeError` or
+    :class:`ValidationError` (both carry a message fit for an error reply).
     """
 
-    __slots__ = ("_reply", "_request", "max_bytes")
+    __slots__ = ("_reply", "_reply_envelope", "decode_request", "max_bytes")
 
     def __init__(
         self,
@@ -250,7 +293,7 @@ class MessageCodec:
             "RequestEnvelope",
             [
                 ("args", args_type),
-                ("v", int, ENVELOPE_VERSION),
+                ("v", Literal[ENVELOPE_VERSION], ENVELOPE_VERSION),
                 ("workflow_id", str, ""),
                 ("meta", dict[str, Any] | None, None),
             ],
@@ -259,14 +302,18 @@ class MessageCodec:
         reply = msgspec.defstruct(
             "ReplyEnvelope",
             [
-                ("v", int, ENVELOPE_VERSION),
+                ("v", Literal[ENVELOPE_VERSION], ENVELOPE_VERSION),
                 ("workflow_id", str, ""),
                 ("return_args", return_type | msgspec.UnsetType, msgspec.UNSET),
                 ("error", ErrorInfo | None, None),
             ],
         )
-        self._request = _Decoding(request, args.node, "$.args", args)
-        self._reply = _Decoding(reply, returns.node, "$.return_args", returns)
+        decoding = _Decoding(request, args.node, "$.args", args, _LOOSE)
+        self.decode_request: Callable[[bytes | memoryview], Request] = decoding.reader(
+            max_bytes, "message", converts_args=True
+        )
+        self._reply = _Decoding(reply, returns.node, "$.return_args", returns, _LOOSE)
+        self._reply_envelope = self._reply.reader(max_bytes, "reply", converts_args=False)
 
     # ---- requests
     @staticmethod
@@ -279,23 +326,10 @@ class MessageCodec:
             {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "args": args, "meta": meta}
         )
 
-    def decode_request(self, frame: bytes | memoryview) -> Request:
-        """Decode and validate a request; raises :class:`DecodeError` or
-        :class:`ValidationError` (both carry a message fit for an error reply)."""
-        d = self._request
-        env = d.envelope(frame, self.max_bytes, "message")
-        if d.convert is not None:
-            env.args = d.convert(env.args)
-        return env  # type: ignore[no-any-return]
-
     @staticmethod
     def workflow_id_of(frame: bytes | memoryview) -> str:
         """Best-effort workflow id of a frame that failed to decode ('' if none)."""
-        try:
-            wid = _LOOSE.decode(frame).workflow_id
-        except Exception:
-            return ""
-        return wid if isinstance(wid, str) else ""
+        return _workflow_id_in(_LOOSE, frame)
 
     # ---- replies
     @staticmethod
@@ -307,15 +341,15 @@ class MessageCodec:
     encode_error = staticmethod(encode_error)
 
     def decode_reply(self, frame: bytes | memoryview) -> Reply:
-        d = self._reply
-        env = d.envelope(frame, self.max_bytes, "reply")
+        env = self._reply_envelope(frame)
         if env.error is not None:
             env.return_args = None  # an error reply carries no result
             return env  # type: ignore[no-any-return]
         if env.return_args is msgspec.UNSET:
             raise DecodeError("reply has neither return_args nor error")
-        if d.convert is not None:
-            env.return_args = d.convert(env.return_args)
+        convert = self._reply.convert
+        if convert is not None:
+            env.return_args = convert(env.return_args)
         return env  # type: ignore[no-any-return]
 
 
@@ -327,7 +361,7 @@ class PublishCodec:
     or :class:`ValidationError`.
     """
 
-    __slots__ = ("_decoding", "_topic", "decode", "max_bytes", "prefix")
+    __slots__ = ("_topic", "decode", "max_bytes", "prefix")
 
     def __init__(
         self, args: Validator, topic: str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -336,8 +370,8 @@ class PublishCodec:
         self._topic = topic
         self.max_bytes = max_bytes
         # msgspec checks the topic (SUB filters only the first frame of a message; later
-        # frames arrive as they are) and the version while it decodes: a frame that
-        # fails either is explained in _failure, off the per-message path.
+        # frames arrive as they are) while it decodes; a frame of another topic is
+        # explained by _other_topic, off the per-message path.
         frame = msgspec.defstruct(
             "PublishFrame",
             [
@@ -349,48 +383,20 @@ class PublishCodec:
             ],
             array_like=True,
         )
-        self._decoding = _Decoding(frame, args.node, "$[3]", args)
-        self.decode: Callable[[bytes], Request] = self._decoder()
+        decoding = _Decoding(frame, args.node, "$[3]", args, _LOOSE_FRAME, self._other_topic)
+        self.decode: Callable[[bytes], Request] = decoding.reader(
+            max_bytes, "message", converts_args=True
+        )
 
     def encode(self, args: Any, workflow_id: str) -> bytes:
         return _ENCODER.encode((self._topic, ENVELOPE_VERSION, workflow_id, args, None))
 
-    def _decoder(self) -> Callable[[bytes], Request]:
-        # A closure over what it needs rather than a method: this is the throughput path.
-        max_bytes, failure = self.max_bytes, self._failure
-        decode, convert = self._decoding.decoder.decode, self._decoding.convert
-
-        def decode_frame(frame: bytes) -> Request:
-            if len(frame) > max_bytes:
-                raise DecodeError(f"message of {len(frame)} bytes exceeds the {max_bytes}-byte cap")
-            try:
-                decoded = decode(frame)
-            except Exception as exc:
-                raise failure(frame, exc) from None
-            if convert is not None:
-                decoded.args = convert(decoded.args)
-            return decoded  # type: ignore[no-any-return]
-
-        return decode_frame
-
-    def _failure(self, frame: bytes, exc: Exception) -> Exception:
-        # Another version may lay the frame out differently: say so rather than
-        # reporting whatever its layout made fail.
-        try:
-            loose = _LOOSE_FRAME.decode(frame)
-        except Exception:
-            return self._decoding.fail(exc)
-        if type(loose.v) is int and loose.v != ENVELOPE_VERSION:
-            return version_error(loose.v)
+    def _other_topic(self, loose: Any) -> Exception | None:
         if self._topic and type(loose.topic) is str and loose.topic != self._topic:
             return DecodeError(f"frame is for topic {loose.topic!r}, not {self._topic!r}")
-        return self._decoding.fail(exc)
+        return None
 
     @staticmethod
     def workflow_id_of(frame: bytes) -> str:
         """Best-effort workflow id of a frame that failed to decode ('' if none)."""
-        try:
-            wid = _LOOSE_FRAME.decode(frame).workflow_id
-        except Exception:
-            return ""
-        return wid if isinstance(wid, str) else ""
+        return _workflow_id_in(_LOOSE_FRAME, frame)
