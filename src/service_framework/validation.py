@@ -688,7 +688,7 @@ def node_at(node: Node, path: str) -> tuple[Node | None, str]:
             shown = _path(shown, key)
         elif index == "..." and isinstance(node, DictNode):
             found, shown = node.value, f"{shown}[...]"
-        elif index is not None and isinstance(node, (ListNode, VarTupleNode, SetNode)):
+        elif index is not None and isinstance(node, _ItemsNode):
             found, shown = node.item, f"{shown}[{index}]"
         elif (
             index is not None
@@ -923,15 +923,14 @@ def _strip_required(hint: object) -> object:
 class _TypedDictNode(FieldsNode):
     """A TypedDict: checked like a nested dict spec, decoded natively by msgspec."""
 
-    def fast(self, cg: _CodeGen, var: str) -> str:
-        return f"{cg.check_function(self)}({var})"  # it may refer to itself
-
     def __init__(self, td: type) -> None:
         super().__init__({}, {}, name=td.__name__)
         self.td = td
 
     def test(self, cg: _CodeGen, var: str) -> str:
         return f"{cg.check_function(self)}({var})"
+
+    fast = test  # a call, not FieldsNode's inline expression: it may refer to itself
 
     def wire(self) -> Any:
         return self.td
@@ -997,31 +996,24 @@ _MODEL_CACHE: dict[Hashable, FieldsNode] = {}
 
 def _spec_key(spec: object) -> Hashable | None:
     """A hashable, order-preserving key for a spec; ``None`` if it has none."""
-    if isinstance(spec, list):
+    if isinstance(spec, (list, tuple, set, frozenset)):
         parts = [_spec_key(s) for s in spec]
-        return None if None in parts else ("list", tuple(parts))
-    if isinstance(spec, tuple):
-        parts = [_spec_key(s) for s in spec]
-        return None if None in parts else ("tuple", tuple(parts))
-    if isinstance(spec, (set, frozenset)):
-        parts = [_spec_key(s) for s in spec]
-        return None if None in parts else ("set", frozenset(parts))
+        if None in parts:
+            return None
+        if isinstance(spec, (set, frozenset)):
+            return ("set", frozenset(parts))
+        return ("list" if isinstance(spec, list) else "tuple", tuple(parts))
     if isinstance(spec, dict):
         items = [(_spec_key(k), _spec_key(v)) for k, v in spec.items()]
         if any(k is None or v is None for k, v in items):
             return None
         return ("dict", tuple(items))
-    if _is_type_like(spec):
-        try:
-            hash(spec)
-        except TypeError:
-            return None
-        return ("type", spec)
     try:
         hash(spec)
     except TypeError:
         return None
-    return ("value", type(spec), spec)  # a literal: True and 1 stay apart
+    # A literal keeps its type: True and 1 stay apart.
+    return ("type", spec) if _is_type_like(spec) else ("value", type(spec), spec)
 
 
 # --------------------------------------------------------------------------- validator
