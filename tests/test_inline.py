@@ -214,6 +214,42 @@ def test_more_than_one_reply_is_a_runtime_error(write_service, paths) -> None:
         services.start()
 
 
+def test_several_replyers_share_the_workflow_id_and_count_their_own_calls(
+    write_service, paths
+) -> None:
+    relay = """
+from service_framework.workflow import current_workflow_id
+ids = []
+def on_relay(args, to_send, config):
+    ids.append(current_workflow_id())
+    answer = to_send('down', args)
+    return answer if config.get('answers') else None
+config_model = {'optional': {'answers': bool}}
+connection_models = {
+    'in': {'reply': {'connection_type': 'replyer',
+        'required_creation_arguments': {'connection_function': on_relay},
+        'required_arguments': {'to_echo': str}, 'optional_return_arguments': {'echoed': str}}},
+    'out': {'down': {'connection_type': 'requester',
+        'required_arguments': {'to_echo': str}, 'required_return_arguments': {'echoed': str}}},
+}
+"""
+    services = inline()
+    services.set_main_service("requester", paths["requester"], {"num_req_to_send": 1})
+    services.add_service("quiet", str(write_service("quiet", relay)))
+    services.add_service("answering", str(write_service("answering", relay)), {"answers": True})
+    services.add_service("leaf", paths["replyer"])
+    services.add_relation("requester", "request", "quiet", "reply")
+    services.add_relation("requester", "request", "answering", "reply")
+    services.add_relation("quiet", "down", "leaf", "reply")
+    services.add_relation("answering", "down", "leaf", "reply")
+    services.start()
+    assert services.get_service_module("requester").results == [{"echoed": "hello 0"}]
+    (quiet_id,) = services.get_service_module("quiet").ids
+    assert services.get_service_module("answering").ids == [quiet_id]
+    leaf_ids = [wid for _, wid in services.get_service_module("leaf").seen]
+    assert leaf_ids == [f"{quiet_id}_1", f"{quiet_id}_1"]
+
+
 PUBLISHER = """
 def main(to_send, config):
     for n in range(3):

@@ -30,7 +30,15 @@ from .errors import RemoteError, UnknownConnectionError, ValidationError
 from .loader import PreparedService, load_module, prepare_service
 from .logs import configure_logging
 from .models import ConnectionModel
-from .workflow import IDLE, Flow, current_flow, flow_of, install_flow, outgoing_flow
+from .workflow import (
+    IDLE,
+    Flow,
+    current_flow,
+    flow_of,
+    install_flow,
+    new_workflow_id,
+    outgoing_flow,
+)
 
 __all__ = ["InlineServices"]
 
@@ -327,93 +335,84 @@ def _remote(target: _Target, error: Exception, flow: Flow) -> RemoteError:
     )
 
 
-def _request_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
-    """Deliver a request to its replyer(s); return the one validated reply."""
-    check_args, args_error = out_model.args.check, out_model.args.error
-    assert out_model.returns is not None
-    check_reply, reply_error = out_model.returns.check, out_model.returns.error
-
-    def call(target: _Target, args: Any, flow: Flow) -> Any:
-        # What the replyer's service would do on receiving the request.
-        token = current_flow.set(flow)
-        try:
-            if target.check_args is not None and not target.check_args(args):
-                raise target.model.args.error(args)
-            result = target.handler(args, target.to_send, target.config)
-            if result is None and target.none_ok:
-                return None
-            if target.check_return is not None and not target.check_return(result):
-                assert target.model.returns is not None
-                raise target.model.returns.error(result)
-            return result
-        except Exception as error:
-            raise _remote(target, error, flow) from error
-        finally:
-            current_flow.reset(token)
-
-    if len(targets) == 1:
-        return _single_request_route(out_model, targets[0])
-
-    def fan_in(args: Any) -> Any:
-        if not check_args(args):
-            raise args_error(args)
-        flow = outgoing_flow()
-        # Each replyer counts its own onward sends from _1, as each would over the wire.
-        replies = (call(t, args, flow_of(flow.id)) for t in targets)
-        given = [r for r in replies if r is not None]
-        if len(given) > 1:
-            raise RuntimeError(
-                f"{out_model.service}.{out_model.name} is related to {len(given)} handlers "
-                "that each returned a reply; a request gets exactly one reply"
-            )
-        result = given[0] if given else {}
-        if not check_reply(result):
-            raise reply_error(result)
-        return result
-
-    return fan_in
-
-
-def _single_request_route(out_model: ConnectionModel, target: _Target) -> Route:
-    """The common case, one replyer, with every lookup bound once (the hot path)."""
-    check_args, args_error = out_model.args.check, out_model.args.error
-    assert out_model.returns is not None and target.model.returns is not None
-    check_reply, reply_error = out_model.returns.check, out_model.returns.error
+def _replier(target: _Target) -> Callable[[Any, Flow], Any]:
+    """The replyer's side of a request, as its service would run it on receiving one:
+    its args check, its handler, its return check, under ``flow`` (already the callee's).
+    Returns ``None`` for a ``None`` reply its model allows."""
     handler, to_send, config = target.handler, target.to_send, target.config
     check_in, check_return, none_ok = target.check_args, target.check_return, target.none_ok
-    # When the replyer checks its return with the very same function the requester
-    # would, check once: the replyer's failure is what the wire would report.
-    reply_checked_twice = check_return is not check_reply
-    get_flow = current_flow.get
 
-    def route(args: Any) -> Any:
-        if not check_args(args):
-            raise args_error(args)
-        # Inline calls nest on one thread, so rather than set a new Flow in the context
-        # per call (the costliest part of an inline call), the current one is turned into
-        # the callee's for the duration of the call and restored after.
-        flow = get_flow()
-        if flow is None:
-            flow = install_flow()
-        if flow._id is IDLE:
-            callee_id = None  # a new workflow; its id is made if something reads it
-        else:
-            flow.calls += 1
-            callee_id = f"{flow.id}_{flow.calls}"
-        saved_id, saved_calls = flow._id, flow.calls
-        flow._id, flow.calls = callee_id, 0
+    def reply(args: Any, flow: Flow) -> Any:
         try:
             if check_in is not None and not check_in(args):
                 raise target.model.args.error(args)
             result = handler(args, to_send, config)
             if result is None and none_ok:
-                result = {}
-            elif check_return is not None and not check_return(result):
+                return None
+            if check_return is not None and not check_return(result):
                 raise target.model.returns.error(result)  # type: ignore[union-attr]
+            return result
         except Exception as error:
             raise _remote(target, error, flow) from error
+
+    return reply
+
+
+def _request_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
+    """Deliver a request to its replyer(s); return the one validated reply.
+
+    Inline calls nest on one thread, so rather than set a new Flow in the context per
+    call (the costliest part of an inline call), the current one is turned into the
+    callee's for the duration of the call and restored after. Each replyer counts its
+    onward sends from ``_1``, as each would over the wire.
+    """
+    check_args, args_error = out_model.args.check, out_model.args.error
+    assert out_model.returns is not None
+    check_reply, reply_error = out_model.returns.check, out_model.returns.error
+    replies = [_replier(target) for target in targets]
+    single = replies[0] if len(replies) == 1 else None
+    # When the one replyer checks its return with the very same function the requester
+    # would, check once: the replyer's failure is what the wire would report.
+    reply_checked_twice = single is None or targets[0].check_return is not check_reply
+    get_flow = current_flow.get
+
+    def several(args: Any, flow: Flow, callee_id: str | None) -> Any:
+        given = []
+        for reply in replies:
+            flow._id, flow.calls = callee_id, 0
+            answer = reply(args, flow)
+            if answer is not None:
+                given.append(answer)
+        if len(given) > 1:
+            raise RuntimeError(
+                f"{out_model.service}.{out_model.name} is related to {len(given)} handlers "
+                "that each returned a reply; a request gets exactly one reply"
+            )
+        return given[0] if given else None
+
+    def route(args: Any) -> Any:
+        if not check_args(args):
+            raise args_error(args)
+        flow = get_flow()
+        if flow is None:
+            flow = install_flow()
+        if flow._id is not IDLE:
+            callee_id: str | None = flow.next_call_id()
+        elif single is not None:
+            callee_id = None  # a new workflow; its id is made if something reads it
+        else:
+            callee_id = new_workflow_id()  # several replyers share it
+        saved_id, saved_calls = flow._id, flow.calls
+        try:
+            if single is not None:
+                flow._id, flow.calls = callee_id, 0
+                result = single(args, flow)
+            else:
+                result = several(args, flow, callee_id)
         finally:
             flow._id, flow.calls = saved_id, saved_calls
+        if result is None:
+            result = {}
         if reply_checked_twice and not check_reply(result):
             raise reply_error(result)
         return result

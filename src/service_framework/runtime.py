@@ -69,8 +69,9 @@ def make_to_send(
     ``init_function`` and signal handlers.
 
     It reads ``outbound`` (the runtime's own dict, filled in after this is made) on first
-    use of each name and keeps the connection's bound ``send``; a closure rather than an
-    object with ``__call__``, because every message goes through it.
+    use of each name and keeps the connection's :meth:`~OutboundConnection.sender`; a
+    closure rather than an object with ``__call__``, because every message goes through
+    it.
     """
     sends: dict[str, Callable[[Any, str], Any]] = {}
     get_flow = current_flow.get
@@ -94,11 +95,8 @@ def make_to_send(
         # The workflow id (see workflow.outgoing_flow), inline: this runs per message.
         flow = get_flow()
         if flow is None or flow._id is IDLE:
-            workflow_id = new_workflow_id()
-        else:
-            flow.calls += 1
-            workflow_id = f"{flow.id}_{flow.calls}"
-        return send(args, workflow_id)
+            return send(args, new_workflow_id())
+        return send(args, flow.next_call_id())
 
     to_send.__qualname__ = f"to_send of {service}"
     return to_send

@@ -46,13 +46,17 @@ class Flow:
             self._id = new_workflow_id()
         return self._id
 
+    def next_call_id(self) -> str:
+        """The id of the next message this one sends: ``<id>_1``, ``<id>_2``, ..."""
+        self.calls += 1
+        return f"{self.id}_{self.calls}"
+
     def child(self) -> Flow:
-        """The flow of the next message this one sends (``<id>_1``, ``<id>_2``, ...).
+        """The flow of the next message this one sends.
 
         Its id is made now: a flow may be reused for the next message once this one is
         handled, so a child must not read it later."""
-        self.calls += 1
-        return flow_of(f"{self.id}_{self.calls}")
+        return flow_of(self.next_call_id())
 
     def __repr__(self) -> str:
         return f"Flow({self.id!r}, calls={self.calls})"
