@@ -248,14 +248,18 @@ def _parse_one(
 
 
 def _dict_part(where: str, model: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = model.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
+    value = _spec_dict(where, model, key)
+    return {} if value is None else dict(value)
+
+
+def _spec_dict(where: str, model: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    """``model[key]`` ({} when absent), which must be a dict or ``None``."""
+    value = model.get(key, {})
+    if value is not None and not isinstance(value, Mapping):
         raise ModelError(
             f"{where}: model key {key!r} must be a dict of key: spec, got {type(value).__name__}"
         )
-    return dict(value)
+    return value
 
 
 def _validator(
@@ -267,14 +271,9 @@ def _validator(
     service: str,
     name: str,
 ) -> Validator:
-    required = model.get(required_key, {})
-    optional = model.get(optional_key, {})
-    for key, value in ((required_key, required), (optional_key, optional)):
-        if value is not None and not isinstance(value, Mapping):
-            raise ModelError(
-                f"{where}: model key {key!r} must be a dict of key: spec, "
-                f"got {type(value).__name__}"
-            )
+    # None on both sides means "not checked" (see compile_fields): keep it.
+    required = _spec_dict(where, model, required_key)
+    optional = _spec_dict(where, model, optional_key)
     try:
         node = compile_fields(required, optional, what=direction)
     except SpecError as exc:

@@ -44,18 +44,20 @@ def create_keypair(directory: str | os.PathLike[str], name: str) -> tuple[Path, 
         if existing.exists():
             raise ConfigError(f"{existing} already exists; refusing to overwrite a key")
     public, secret = zmq.curve_keypair()
-    # Create the secret file 0600 from the start: no moment where others can read it.
-    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(_certificate(public, secret))
-    os.chmod(secret_file, 0o600)  # in case the filesystem widened it
+    # The secret file is 0600 from the start: no moment where others can read it.
+    _write_new(secret_file, _certificate(public, secret), 0o600)
     # The public key is shareable but must not be replaceable by others (whoever can
     # swap a server or authorized key can impersonate or admit).
-    fd = os.open(public_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(_certificate(public, None))
-    os.chmod(public_file, 0o644)
+    _write_new(public_file, _certificate(public, None), 0o644)
     return public_file, secret_file
+
+
+def _write_new(path: Path, text: str, mode: int) -> None:
+    """Create ``path`` (never overwrite it) with ``mode`` from the first byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.chmod(path, mode)  # in case the umask or the filesystem narrowed or widened it
 
 
 def _certificate(public: bytes, secret: bytes | None) -> str:

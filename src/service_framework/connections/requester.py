@@ -142,21 +142,23 @@ class Requester(OutboundConnection):
                     attempts,
                 )
                 # Lazy Pirate: abandon the socket (and any late reply) and start afresh.
-                sock.close(linger=0)
-                self.socket = None
-                self.socket = self._fresh_socket()
+                self._replace_socket(sock)
             except zmq.ZMQError as exc:  # after zmq.Again, its subclass
                 if exc.errno != zmq.EFSM:
                     raise
                 # The peer sent a multi-frame reply last time (we read only its first
                 # frame), so REQ refuses to send: start over on a fresh socket.
-                sock.close(linger=0)
-                self.socket = self._fresh_socket()
+                self._replace_socket(sock)
                 return self._exchange(frame, attempts - attempt)
         raise RequestTimeout(
             f"{self.env.service}: connection '{self.name}' got no reply after {attempts} "
             f"attempt(s) of {self.timeout_s:g}s each ({', '.join(self.endpoints)})"
         )
+
+    def _replace_socket(self, sock: zmq.Socket[Any]) -> None:
+        sock.close(linger=0)
+        self.socket = None  # closed, should a fresh one fail to open
+        self.socket = self._fresh_socket()
 
     def _send_waiting(self, sock: zmq.Socket[Any], frame: bytes) -> None:
         """Send once a connection is up (``IMMEDIATE``), within the attempt's budget; only

@@ -36,13 +36,15 @@ class Subscriber(InboundConnection):
             model.args, self.topic, max_bytes=self.socket_options.max_message_bytes
         )
         self.socket: zmq.Socket[Any] | None = None
+        # Only this topic's frames, or (no topic) every frame.
+        self._subscription = self.codec.prefix if self.topic else b""
 
     def binding(self) -> bool:
         return bool(self.model.creation_arguments.get("is_binder", False))
 
     def open(self, addresses: Mapping[str, Any]) -> None:
         sock = self._socket(zmq.SUB, addresses, "subscriber")
-        sock.setsockopt(zmq.SUBSCRIBE, self.codec.prefix if self.topic else b"")
+        sock.setsockopt(zmq.SUBSCRIBE, self._subscription)
         self.socket = sock
 
     def close(self) -> None:
@@ -90,5 +92,5 @@ class Subscriber(InboundConnection):
     def finish(self, deadline: float) -> None:
         # Messages already queued here were delivered; handle them rather than drop them.
         if self.socket is not None:
-            self.socket.setsockopt(zmq.UNSUBSCRIBE, self.codec.prefix if self.topic else b"")
+            self.socket.setsockopt(zmq.UNSUBSCRIBE, self._subscription)
             super().finish(deadline)
