@@ -225,6 +225,31 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         time.sleep(interval)
 
 
+def sync(
+    publish: Callable[[Any], object], received: queue.Queue[Any], marker: Any, timeout: float = 10.0
+) -> None:
+    """Publish ``marker`` until one reaches ``received``: the subscription is then in
+    place (the slow joiner). Markers still in flight may arrive after this returns, but
+    always before anything published later: read on with :func:`after_markers`."""
+    remaining = _deadline(timeout)
+    while remaining() > 0:
+        publish(marker)
+        try:
+            received.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        return
+    raise AssertionError("the subscriber never connected")
+
+
+def after_markers(received: queue.Queue[Any], marker: Any, timeout: float = 5.0) -> Any:
+    """The next message on ``received`` that is not a :func:`sync` marker."""
+    while True:
+        message = received.get(timeout=timeout)
+        if message != marker:
+            return message
+
+
 def _deadline(timeout: float) -> Callable[[], float]:
     import time
 

@@ -6,7 +6,6 @@ asserts the same outcome - return value, exception type and message - in both mo
 
 from __future__ import annotations
 
-import queue
 import types
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -14,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from conftest import after_markers, sync
 from service_framework import InlineServices, RemoteError, ValidationError
 
 SERVER = """
@@ -95,6 +95,9 @@ class Harness:
     mode: str
 
 
+SYNC_MARKER = {"n": 0}  # published until the subscription is in place (sockets mode)
+
+
 @pytest.fixture(params=["sockets", "inline"])
 def harness(request, write_service, run_service, client) -> Iterator[Harness]:
     harness = Harness()
@@ -122,19 +125,7 @@ def harness(request, write_service, run_service, client) -> Iterator[Harness]:
         )
         harness.send = runtime.to_send  # type: ignore[assignment]
         harness.server = server.module
-        # Slow joiner: publish until the subscription is live, then drop the markers.
-        while True:
-            runtime.to_send("fills", {"n": 0})
-            try:
-                server.module.fills.get(timeout=0.05)
-                break
-            except queue.Empty:
-                continue
-        while True:
-            try:
-                server.module.fills.get(timeout=0.2)
-            except queue.Empty:
-                break
+        sync(lambda args: runtime.to_send("fills", args), server.module.fills, SYNC_MARKER)
         yield harness
         return
     holder: dict[str, Any] = {}
@@ -246,5 +237,5 @@ def test_publish_contract(harness: Harness) -> None:
     assert harness.send("fills", {"n": 5}) is None
     with pytest.raises(ValidationError, match=r"client: fills\.args: expected int, got str"):
         harness.send("fills", {"n": "5"})
-    got = [harness.server.fills.get(timeout=5)["n"] for _ in range(2)]
+    got = [after_markers(harness.server.fills, SYNC_MARKER)["n"] for _ in range(2)]
     assert got == [-1, 5]

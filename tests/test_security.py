@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import socket
 import stat
@@ -20,7 +19,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from conftest import wait_until
+from conftest import after_markers, host_port, sync, wait_until
 from service_framework import AddressError, ConfigError, RequestTimeout
 from service_framework.codec import MessageCodec
 from service_framework.runtime import RunOptions, ServiceRuntime
@@ -715,19 +713,17 @@ def test_curve_without_authorized_keys_or_allow_any_fails_closed(keys) -> None:
     ],
 )
 def test_pubsub_only_admitted_subscribers_receive(
-    write_service, run_service, keys, zctx, mode, good, bad
+    write_service, run_service, client, keys, zctx, mode, good, bad
 ) -> None:
-    module = types.ModuleType("curve_publisher")
-    module.connection_models = PUBLISHER_MODELS  # type: ignore[attr-defined]
-    publisher = ServiceRuntime(
-        module,
-        addresses={"out": {"fills": {"publisher": "127.0.0.1:0"}}},
-        options=RunOptions(install_signals=False, curve=keys.server_curve(mode)),
+    publisher = client(
+        PUBLISHER_MODELS,
+        {"out": {"fills": {"publisher": "127.0.0.1:0"}}},
+        name="curve_publisher",
+        curve=keys.server_curve(mode),
     )
     sniffer = zctx.socket(zmq.SUB)  # a NULL subscriber trying to read the whole feed
     try:
-        publisher.start()
-        address = publisher.endpoints()["out"]["fills"][0].removeprefix("tcp://")
+        address = host_port(publisher.endpoints()["out"]["fills"][0])
 
         def subscriber(name: str, server: str):
             entry = {"subscriber": address, "server_public_key": keys.z85(server)}
@@ -744,22 +740,11 @@ def test_pubsub_only_admitted_subscribers_receive(
         sniffer.connect(f"tcp://{address}")
         received = subscriber(good, "server").module.received
 
-        deadline = time.monotonic() + 5
-        while True:  # slow joiner: publish markers until the first arrives
-            assert time.monotonic() < deadline, "the admitted subscriber never connected"
-            publisher.to_send("fills", {"n": -1})
-            try:
-                if received.get(timeout=0.05) == {"n": -1}:
-                    break
-            except queue.Empty:
-                continue
+        marker = {"n": -1}
+        sync(lambda a: publisher.to_send("fills", a), received, marker)
         for n in range(20):
             publisher.to_send("fills", {"n": n})
-        got: list[int] = []
-        while len(got) < 20:
-            message = received.get(timeout=5)
-            if message["n"] != -1:
-                got.append(message["n"])
+        got = [after_markers(received, marker)["n"] for _ in range(20)]
         assert got == list(range(20))
         assert sniffer.poll(NOTHING_MS) == 0, "a NULL subscriber read the feed"
         for service in rejected:
@@ -767,7 +752,6 @@ def test_pubsub_only_admitted_subscribers_receive(
             assert service.runtime.stats()["fills"].received == 0
     finally:
         sniffer.close(linger=0)
-        publisher.close()
 
 
 # ---------------------------------------------------------------------------- CLI + logs
