@@ -156,6 +156,21 @@ class Process:
                 return found
         deadline = _deadline(timeout)
         while True:
+            found = regex.search(self._next_line(deadline, regex))
+            if found:
+                return found
+
+    def wait_for_count(self, pattern: str, count: int, timeout: float = 20.0) -> None:
+        """Wait until ``count`` stderr lines in all match ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = _deadline(timeout)
+        seen = sum(1 for line in self.lines if regex.search(line))
+        while seen < count:
+            seen += bool(regex.search(self._next_line(deadline, regex)))
+
+    def _next_line(self, deadline: Callable[[], float], regex: re.Pattern[str]) -> str:
+        """The next stderr line, kept in ``lines``; fails at the deadline or at exit."""
+        while True:
             remaining = deadline()
             if remaining <= 0:
                 raise AssertionError(f"no line matching {regex.pattern!r}; got:\n" + self.log())
@@ -168,9 +183,7 @@ class Process:
                     f"process exited ({self.popen.wait()}) before {regex.pattern!r}:\n" + self.log()
                 )
             self.lines.append(line)
-            found = regex.search(line)
-            if found:
-                return found
+            return line
 
     def ready(self, timeout: float = 20.0) -> dict[str, str]:
         """Wait for the ready line; returns connection -> 'host:port'."""

@@ -243,16 +243,21 @@ def test_sigterm_answers_every_request_in_flight_then_exits_0(slow_service, clie
         for i in range(4)
     ]
     replies: dict[int, Any] = {}
+    calling = [threading.Event() for _ in range(4)]
 
     def call(i: int) -> None:
+        calling[i].set()
         try:
             replies[i] = callers[i].to_send("w", {"n": i, "seconds": 0.3})
         except Exception as exc:  # pragma: no cover - reported by the assertion below
             replies[i] = exc
 
+    # Every caller is connected, so each request goes out the moment it is made.
+    process.wait_for_count(r"connection 'work' peer connected", 4)
     threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
     for thread in threads:
         thread.start()
+    assert all(event.wait(10) for event in calling)
     process.wait_for(r"started \d")  # one is being handled, the others are queued
     process.signal(signal.SIGTERM)
     for thread in threads:

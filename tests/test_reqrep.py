@@ -300,7 +300,6 @@ def test_timeout_raises_after_retries_and_connection_recovers(client, server) ->
     assert len(set(attempts)) == 1  # the same request, resent
     stats = runtime.stats()["request"]
     assert (stats.timeouts, stats.retries) == (3, 2)
-    assert isinstance(RequestTimeout("x"), TimeoutError)
 
     # Usable right away: the next request is answered.
     import threading
@@ -411,3 +410,8 @@ def test_requester_spreads_over_a_list_of_replyers(write_service, run_service, c
         runtime.to_send("request", {**ORDER, "order_id": str(i)})
     assert one.module.calls.qsize() + two.module.calls.qsize() == 10
     assert one.module.calls.qsize() > 0 and two.module.calls.qsize() > 0
+
+
+def test_request_timeout_is_a_timeout_error() -> None:
+    # Callers may catch the builtin: `except TimeoutError` covers a request that timed out.
+    assert issubclass(RequestTimeout, TimeoutError)

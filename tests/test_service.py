@@ -119,10 +119,14 @@ def test_blocking_run_stops_from_another_thread(write_service, client) -> None:
         console_loglevel="WARNING",
     )
     codes: list[int] = []
-    thread = threading.Thread(target=lambda: codes.append(service.run_service_blocking()))
+    thread = threading.Thread(
+        target=lambda: codes.append(service.run_service_blocking()), daemon=True
+    )
     thread.start()
-    assert service.ready.wait(10)
-    assert echo_client(client, service).to_send("e", {"text": "x"}) == {"text": "b:x"}
-    service.stop_service()
-    thread.join(10)
+    try:
+        assert service.ready.wait(10)
+        assert echo_client(client, service).to_send("e", {"text": "x"}) == {"text": "b:x"}
+    finally:
+        service.stop_service()  # also when an assertion failed: never leave it serving
+        thread.join(10)
     assert codes == [0]
