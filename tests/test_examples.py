@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 
@@ -9,14 +12,23 @@ from conftest import REPO
 
 
 def test_order_flow_demo_runs_and_every_service_exits_cleanly() -> None:
-    result = subprocess.run(
+    # A session of its own, so that on a timeout the demo's services go down with it.
+    demo = subprocess.Popen(
         [sys.executable, str(REPO / "examples" / "orders" / "run_demo.py")],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=120,
+        start_new_session=True,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
+    try:
+        out, err = demo.communicate(timeout=45)  # within the suite's 60 s per test
+    finally:
+        # Whatever is left of the group (nothing, after a clean run) is stopped.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(demo.pid, signal.SIGKILL)
+        if demo.poll() is None:
+            demo.communicate()
+    assert demo.returncode == 0, out + err
     assert out.count(" filled at ") == 5
     assert "refused locally: trader: place.args: expected one of {'buy', 'sell'}" in out
     assert "pricing answered with an error: KeyError 'DOGE-USD'" in out

@@ -8,7 +8,9 @@
 
 The services and their addresses files are in ``services/`` and ``addresses/``; to run
 one by hand: ``python -m service_framework -s services/pricing.py -a addresses/pricing.json``.
-This script starts them, drives the trader, prints what happened, and stops everything.
+This script starts them - on free ports rather than the files' fixed ones, so a run
+never collides with anything - drives the trader, prints what happened, and stops
+everything.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,91 +27,90 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+READY = re.compile(r": ready \((?P<endpoints>.*)\)$")
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        # As libzmq binds: a port held only by TIME_WAIT connections (a previous run) is free.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def cli(name: str, addresses: Path, *flags: str) -> list[str]:
+    """The command line that runs one of the example's services."""
+    return [
+        sys.executable,
+        "-m",
+        "service_framework",
+        "-s",
+        str(HERE / "services" / f"{name}.py"),
+        "-a",
+        str(addresses / f"{name}.json"),
+        *flags,
+    ]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+class Addresses:
+    """The addresses files, with the example's fixed ports replaced by free ones: each
+    service that binds a port binds port 0 instead, and once it reports the port it got,
+    the services that connect to it are given that one. Nothing can take a port between
+    choosing it and binding it, and a run never depends on which ports are free."""
 
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.actual: dict[str, str] = {}  # example port -> the port bound in this run
 
-def addresses_dir(workdir: Path) -> Path:
-    """The addresses files, with every port moved to a free one if any is taken."""
-    texts = {path.name: path.read_text() for path in (HERE / "addresses").glob("*.json")}
-    ports = sorted({int(p) for text in texts.values() for p in re.findall(r":(\d+)\"", text)})
-    if all(port_is_free(port) for port in ports):
-        return HERE / "addresses"
-    moved = {port: free_port() for port in ports}
-    print(f"(some example ports are busy; using {sorted(moved.values())} instead)")
-    for name, text in texts.items():
-        for old, new in moved.items():
-            text = text.replace(f':{old}"', f':{new}"')
-        (workdir / name).write_text(text)
-    return workdir
+    def write(self, name: str) -> None:
+        text = (HERE / "addresses" / f"{name}.json").read_text()
+        text = re.sub(r':(\d+)"', lambda m: f':{self.actual.get(m.group(1), "0")}"', text)
+        (self.workdir / f"{name}.json").write_text(text)
+
+    def learn(self, name: str, ready_line: str) -> None:
+        """Read the ports ``name`` bound from its ``ready (conn=tcp://host:port; ...)``."""
+        shipped = json.loads((HERE / "addresses" / f"{name}.json").read_text())
+        found = READY.search(ready_line)
+        assert found is not None, ready_line
+        for part in found.group("endpoints").split("; "):
+            connection, url = part.split("=", 1)
+            for side in shipped.values():
+                for key_address in side.get(connection, {}).values():
+                    example_port = str(key_address).rsplit(":", 1)[1]
+                    self.actual.setdefault(example_port, url.rsplit(":", 1)[1])
 
 
 class ServiceProcess:
-    def __init__(self, name: str, addresses: Path, *extra: str) -> None:
+    """One service run with the CLI; its log lines are kept as they come."""
+
+    def __init__(self, name: str, argv: list[str]) -> None:
         self.name = name
-        self.lines: queue.Queue[str | None] = queue.Queue()
         self.log: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
         self.popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "service_framework",
-                "-s",
-                str(HERE / "services" / f"{name}.py"),
-                "-a",
-                str(addresses / f"{name}.json"),
-                "-cl",
-                "INFO",
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
-        assert self.popen.stderr is not None
-        for line in self.popen.stderr:
-            self.lines.put(line.rstrip())
-        self.lines.put(None)
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self.log.append(line.rstrip())
+            self._lines.put(line.rstrip())
+        self._lines.put(None)
 
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> None:
-        """Wait for a log line matching ``pattern`` (lines already seen count too)."""
-        deadline = time.monotonic() + timeout
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> str:
+        """The first log line matching ``pattern`` (lines already seen count too)."""
         regex = re.compile(pattern)
-        if any(regex.search(line) for line in self.log):
-            return
-        while time.monotonic() < deadline:
+        for line in list(self.log):
+            if regex.search(line):
+                return line
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                line = self.lines.get(timeout=0.1)
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                continue
+                raise RuntimeError(
+                    f"{self.name}: no {pattern!r} within {timeout}s:\n" + "\n".join(self.log)
+                ) from None
             if line is None:
                 raise RuntimeError(
                     f"{self.name} exited before {pattern!r}:\n" + "\n".join(self.log)
                 )
-            self.log.append(line)
             if regex.search(line):
-                return
-        raise RuntimeError(
-            f"{self.name}: no {pattern!r} within {timeout}s:\n" + "\n".join(self.log)
-        )
+                return line
 
     def stop(self) -> int:
         if self.popen.poll() is None:
@@ -125,28 +125,20 @@ class ServiceProcess:
 def main() -> int:
     started: list[ServiceProcess] = []
     with tempfile.TemporaryDirectory() as tmp:
-        addresses = addresses_dir(Path(tmp))
+        addresses = Addresses(Path(tmp))
         try:
             for name in ("pricing", "router", "ledger"):
-                process = ServiceProcess(name, addresses)
+                addresses.write(name)
+                process = ServiceProcess(name, cli(name, addresses.workdir, "-cl", "INFO"))
                 started.append(process)
-                process.wait_for(rf"{name}: ready")
+                addresses.learn(name, process.wait_for(rf"{name}: ready"))
+            ledger = started[-1]
             # The ledger hears fills only once its subscription reaches the router.
-            started[-1].wait_for(r"ledger: connection 'fills' peer connected")
+            ledger.wait_for(r"ledger: connection 'fills' peer connected")
             print("pricing, router and ledger are up; running the trader (main mode)\n")
+            addresses.write("trader")
             trader = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "service_framework",
-                    "-s",
-                    str(HERE / "services" / "trader.py"),
-                    "-a",
-                    str(addresses / "trader.json"),
-                    "-m",
-                    "-cl",
-                    "WARNING",
-                ],
+                cli("trader", addresses.workdir, "-m", "-cl", "WARNING"),
                 capture_output=True,
                 text=True,
                 timeout=60,
