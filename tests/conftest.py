@@ -8,6 +8,7 @@ is stopped when it ends.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -39,6 +40,11 @@ def write_service(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return write
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data))
+    return path
 
 
 def host_port(url: str) -> str:

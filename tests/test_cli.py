@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conftest import echo_requester
+from conftest import echo_requester, write_json
 from service_framework import RequestTimeout
 from service_framework.cli import split_arguments
 
@@ -35,11 +34,6 @@ connection_models = {'in': {'echo': {
 """
 
 ECHO_OUT = echo_requester(timeout_s=10)
-
-
-def write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(data))
-    return path
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import msgspec
 import pytest
 import zmq
 
-from conftest import wait_until
+from conftest import wait_until, write_json
 from service_framework.codec import MessageCodec
 
 # Heartbeats fast enough that a vanished peer is noticed in well under a second.
@@ -67,11 +67,6 @@ def work_out(**creation: Any) -> dict[str, Any]:
         "required_arguments": {"n": int},
         "required_return_arguments": {"n": int},
     }
-
-
-def write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(data))
-    return path
 
 
 def sees(process: Any, pattern: str, timeout: float) -> bool:

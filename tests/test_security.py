@@ -10,7 +10,6 @@ legitimate client is still served.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -29,7 +28,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from conftest import after_markers, host_port, sync, wait_until
+from conftest import after_markers, host_port, sync, wait_until, write_json
 from service_framework import AddressError, ConfigError, RequestTimeout
 from service_framework.codec import MessageCodec
 from service_framework.runtime import RunOptions, ServiceRuntime
@@ -218,11 +217,6 @@ def run_module(*args: str, cwd: Path, umask: int | None = None) -> subprocess.Co
         script = f'umask {umask:o} && : > umask_probe && exec "$0" "$@"'
         command = ["sh", "-c", script, *command]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=30)
-
-
-def write_json(path: Path, data: Any) -> Path:
-    path.write_text(json.dumps(data))
-    return path
 
 
 def mode(path: Path) -> int:
