@@ -24,14 +24,13 @@ up), then MEDIAN of 15 interleaved repeats (best also shown). Target: inline/dir
 
 from __future__ import annotations
 
-import gc
 import shutil
-import statistics
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from time import perf_counter_ns
+
+from _timing import REPEATS, measure
 
 HERE = Path(__file__).resolve().parent
 try:
@@ -41,9 +40,6 @@ except ImportError:  # not installed: run against the source tree
 
 from service_framework import InlineServices  # noqa: E402
 from service_framework.validation import Validator, compile_fields  # noqa: E402
-
-REPEATS = 15
-TARGET_RUN_NS = 40_000_000
 
 REQUESTER_SOURCE = '''\
 """Benchmark requester: main() times N to_send calls."""
@@ -95,36 +91,6 @@ connection_models = {
     },
 }
 '''
-
-
-def calibrate(run: Callable[[int], int]) -> int:
-    n = 16
-    while True:
-        elapsed = run(n)
-        if elapsed >= TARGET_RUN_NS // 2:
-            return max(1, int(n * TARGET_RUN_NS / max(elapsed, 1)))
-        n *= 4
-
-
-def timed(run: Callable[[int], int], n: int) -> float:
-    gc.collect()
-    gc.disable()
-    try:
-        return run(n) / n
-    finally:
-        gc.enable()
-
-
-def measure(cases: dict[str, Callable[[int], int]]) -> dict[str, tuple[float, float]]:
-    """Interleaved repeats; {name: (median, best)} in ns per call."""
-    ns = {name: calibrate(run) for name, run in cases.items()}
-    for name, run in cases.items():
-        run(ns[name])  # warm-up at the measured size
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(REPEATS):
-        for name, run in cases.items():
-            samples[name].append(timed(run, ns[name]))
-    return {name: (statistics.median(s), min(s)) for name, s in samples.items()}
 
 
 def build(tmp: Path) -> InlineServices:

@@ -30,126 +30,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from itertools import repeat
 from pathlib import Path
 from time import perf_counter_ns
 from typing import Any
 
+import _specs
+import _timing
 import msgpack
-
-# Shared, as source text, with the 0.0.20 subprocess: same timing code, same specs/values.
-TIMING_SOURCE = r'''
-import gc
-import statistics
-from itertools import repeat
-from time import perf_counter_ns
-
-REPEATS = 15
-TARGET_RUN_NS = 40_000_000
-
-
-def calibrate(run, target_ns=TARGET_RUN_NS):
-    """Smallest n (roughly) for which run(n) takes target_ns; the runs warm up too."""
-    n = 16
-    while True:
-        elapsed = run(n)
-        if elapsed >= target_ns // 2:
-            return max(1, int(n * target_ns / max(elapsed, 1)))
-        n *= 4
-
-
-def timed(run, n):
-    gc.collect()
-    gc.disable()
-    try:
-        return run(n) / n
-    finally:
-        gc.enable()
-
-
-def measure_samples(cases, repeats=REPEATS):
-    """cases: {name: run(n) -> elapsed ns}. Interleaved repeats; {name: [ns per call]}."""
-    ns = {name: calibrate(run) for name, run in cases.items()}
-    for name, run in cases.items():
-        run(ns[name])  # one more warm-up at the measured size
-    samples = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, run in cases.items():
-            samples[name].append(timed(run, ns[name]))
-    return samples
-
-
-def summary(samples):
-    return statistics.median(samples), min(samples)
-
-
-def measure(cases, repeats=REPEATS):
-    """{name: (median, best)} in ns per call."""
-    return {name: summary(s) for name, s in measure_samples(cases, repeats).items()}
-
-
-def loop1(f, a):
-    def run(n):
-        t0 = perf_counter_ns()
-        for _ in repeat(None, n):
-            f(a)
-        return perf_counter_ns() - t0
-
-    return run
-
-
-def loop3(f, a, b, c):
-    def run(n):
-        t0 = perf_counter_ns()
-        for _ in repeat(None, n):
-            f(a, b, c)
-        return perf_counter_ns() - t0
-
-    return run
-'''
-
-SPECS_SOURCE = r"""
-FLAT_REQUIRED = {
-    'order_id': str, 'qty': int, 'price': float, 'side': {'buy', 'sell'}, 'urgent': bool,
-}
-FLAT_OPTIONAL = {'note': str}
-FLAT_ARGS = {
-    'order_id': 'ORD-2024-000123', 'qty': 250, 'price': 101.25, 'side': 'buy',
-    'urgent': False, 'note': 'client 42',
-}
-
-NESTED_REQUIRED = {
-    'order_id': str,
-    'lines': [{'sku': str, 'qty': int, 'price': float}],
-    'fx': {str: float},
-}
-NESTED_OPTIONAL = {'note': str}
-NESTED_ARGS = {
-    'order_id': 'ORD-2024-000124',
-    'lines': [
-        {'sku': f'SKU-{i:05d}', 'qty': 1 + i * 3, 'price': 9.99 + i * 1.5} for i in range(8)
-    ],
-    'fx': {'EUR': 1.0, 'USD': 1.0843, 'GBP': 0.8571, 'JPY': 162.31},
-    'note': 'batch 7',
-}
-
-# 0.0.20 reads a *required* literal set as "the value must contain every listed item"
-# ('buy' fails {'buy', 'sell'}) and cannot check a scalar against an optional one
-# (isinstance TypeError). The only literal-set form both releases read alike is an
-# optional key whose value is a collection of allowed strs, so the comparison's flat
-# message carries the literal set that way. Nested: the same spec as the wire part.
-CMP_FLAT_REQUIRED = {'order_id': str, 'qty': int, 'price': float, 'urgent': bool}
-CMP_FLAT_OPTIONAL = {'side': {'buy', 'sell'}, 'note': str}
-CMP_FLAT_ARGS = {
-    'order_id': 'ORD-2024-000123', 'qty': 250, 'price': 101.25, 'side': {'buy'},
-    'urgent': False, 'note': 'client 42',
-}
-CMP_CASES = {
-    'flat': (CMP_FLAT_ARGS, CMP_FLAT_REQUIRED, CMP_FLAT_OPTIONAL),
-    'nested': (NESTED_ARGS, NESTED_REQUIRED, NESTED_OPTIONAL),
-}
-"""
+from _timing import REPEATS, loop1, measure, measure_samples, summary
 
 BASELINE_SOURCE = r"""
 import json
@@ -186,14 +75,6 @@ print(json.dumps(out))
 
 BASELINE_TOOL = "/work/shared/tools/baseline-0.0.20-venv"
 
-_ns: dict[str, Any] = {}
-exec(TIMING_SOURCE, _ns)
-exec(SPECS_SOURCE, _ns)
-measure: Callable[..., dict[str, tuple[float, float]]] = _ns["measure"]
-measure_samples: Callable[..., dict[str, list[float]]] = _ns["measure_samples"]
-summary: Callable[[list[float]], tuple[float, float]] = _ns["summary"]
-loop1: Callable[..., Callable[[int], int]] = _ns["loop1"]
-REPEATS: int = _ns["REPEATS"]
 ROUNDS = 3  # 0.0.20 comparison: REPEATS // ROUNDS repeats per round
 
 HERE = Path(__file__).resolve().parent
@@ -291,8 +172,8 @@ def part_wire() -> None:
     print(f"{'payload':<8} {'path':<34} {'median':>9} {'best':>9}")
     ratios = {}
     for name, req, opt, args in (
-        ("flat", _ns["FLAT_REQUIRED"], _ns["FLAT_OPTIONAL"], _ns["FLAT_ARGS"]),
-        ("nested", _ns["NESTED_REQUIRED"], _ns["NESTED_OPTIONAL"], _ns["NESTED_ARGS"]),
+        ("flat", _specs.FLAT_REQUIRED, _specs.FLAT_OPTIONAL, _specs.FLAT_ARGS),
+        ("nested", _specs.NESTED_REQUIRED, _specs.NESTED_OPTIONAL, _specs.NESTED_ARGS),
     ):
         check = validator(req, opt, "args")
         codec = MessageCodec(check, validator({"ok": bool}, {}, "return_args"))
@@ -332,7 +213,8 @@ def baseline_python() -> tuple[str | None, str]:
 def run_baseline(python: str, repeats: int) -> tuple[dict[str, Any] | None, str]:
     """Time 0.0.20's validate_args in its own interpreter; (results, reason if failed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    code = TIMING_SOURCE + SPECS_SOURCE + BASELINE_SOURCE
+    # The same timing code and specs as this process uses, run as source text there.
+    code = "\n".join(Path(m.__file__).read_text() for m in (_timing, _specs)) + BASELINE_SOURCE
     try:
         proc = subprocess.run(
             [python, "-I", "-c", code, str(repeats)],
@@ -359,7 +241,7 @@ def part_baseline() -> None:
         f"== in-process validation vs 0.0.20 validate_args (ns per call; median/best of {REPEATS})"
     )
     validators = {}
-    for name, (args, req, opt) in _ns["CMP_CASES"].items():
+    for name, (args, req, opt) in _specs.CMP_CASES.items():
         v = validator(req, opt, "args")
         if not v.check(args):
             fail(f"comparison {name}: the validator rejects the payload: {v.error(args)}")
