@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import _harness
+import msgpack
 from _harness import (
     PYTHON,
     BenchError,
@@ -63,13 +64,36 @@ def _touch(path: str) -> None:
     os.replace(path + ".tmp", path)
 
 
+_packb = msgpack.packb
+
+
+def framed_packb(message: dict[str, object]) -> bytes:
+    """``message`` in the framework's publish frame, written by hand as a bare publisher
+    would: ``["", 1, "bare", message, None]`` (checked against the codec at start-up)."""
+
+    return b"\x95\xa0\x01\xa4bare" + _packb(message) + b"\xc0"
+
+
+def check_framing() -> None:
+    """The framed bare publisher must write what the framework's publisher writes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "services"))
+    from bench_models import TICK
+
+    from service_framework.codec import PublishCodec
+    from service_framework.validation import Validator, compile_fields
+
+    message = {"seq": 1, "order_id": "O", "qty": 3, "price": 1.5, "side": "buy", "phase": "data"}
+    codec = PublishCodec(Validator(compile_fields(TICK, {})), "")
+    if framed_packb(message) != codec.encode(message, "bare"):
+        raise BenchError("the framed bare publisher no longer writes the framework's layout")
+
+
 def bare_publisher(
     n_text: str, hwm_text: str, ready: str, done: str, result: str, framing: str = "plain"
 ) -> None:
     """Publishes the payload as plain msgpack, or (``framing="envelope"``) in the
     framework's frame layout, ``[topic, v, workflow_id, args, meta]``, so that the
     framework's subscriber can be fed by the same bare publisher as a bare one."""
-    import msgpack
     import zmq
 
     n, hwm = int(n_text), int(hwm_text)
@@ -79,23 +103,13 @@ def bare_publisher(
     sock.setsockopt(zmq.RCVHWM, hwm)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     print(f"bare_publisher: ready port={port}", flush=True)
-    if framing == "envelope":
-        pack_payload = msgpack.packb
-
-        def packb(message: dict[str, object]) -> bytes:
-            # ["", 1, "bare", message, None]
-            return b"\x95\xa0\x01\xa4bare" + pack_payload(message) + b"\xc0"
-
-    else:
-        packb = msgpack.packb
+    packb = framed_packb if framing == "envelope" else msgpack.packb
     send = sock.send
 
     def wait_for(path: str, phase: str, pause_s: float) -> None:
         deadline = time.monotonic() + HANDSHAKE_TIMEOUT_S
-        while not os.path.exists(path):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{path} did not appear (phase {phase})")
-            message = {
+        frame = packb(
+            {
                 "seq": -1,
                 "order_id": "ORD-000123",
                 "qty": 3,
@@ -103,7 +117,11 @@ def bare_publisher(
                 "side": "buy",
                 "phase": phase,
             }
-            send(packb(message))
+        )
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{path} did not appear (phase {phase})")
+            send(frame)
             time.sleep(pause_s)
 
     wait_for(ready, "warmup", 0.002)
@@ -134,7 +152,6 @@ def bare_publisher(
 def bare_subscriber(
     port: str, hwm_text: str, ready: str, done: str, result: str, framing: str = "plain"
 ) -> None:
-    import msgpack
     import zmq
 
     hwm = int(hwm_text)
@@ -144,18 +161,15 @@ def bare_subscriber(
     sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.SUBSCRIBE, b"")
     sock.connect(f"tcp://127.0.0.1:{port}")
-    if framing == "envelope":
-        unpack_frame = msgpack.unpackb
-
-        def unpackb(frame: bytes) -> dict[str, object]:
-            return unpack_frame(frame)[3]  # type: ignore[no-any-return]
-
-    else:
-        unpackb = msgpack.unpackb
-    recv, perf_counter = sock.recv, time.perf_counter
+    # In the framework's layout the payload is element 3; picked inline (a branch costs
+    # the plain loop ~10 ns, a wrapper function would cost the framed one ~80 ns).
+    framed = framing == "envelope"
+    recv, unpackb, perf_counter = sock.recv, msgpack.unpackb, time.perf_counter
     count, first, last, last_seq, is_ready, cpu_first = 0, 0.0, 0.0, -1, False, 0.0
     while True:
         args = unpackb(recv())
+        if framed:
+            args = args[3]
         phase = args["phase"]
         if phase == "data":
             now = perf_counter()
@@ -295,6 +309,7 @@ def run(n: int, rounds: int, hwm: int) -> int:
     results: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {k: [] for k in kinds}
     load_before = os.getloadavg()[0]
     try:
+        check_framing()
         for i in range(1, rounds + 1):
             for kind in kinds:
                 results[kind].append(one_round(procs, work, kind, i, n, hwm))

@@ -15,6 +15,8 @@ import json
 import os
 import time
 
+from bench_models import TICK
+
 config_model = {
     "required": {
         "n": int,
@@ -24,15 +26,6 @@ config_model = {
         "result_path": str,
     },
     "optional": {"timeout_s": float},
-}
-
-TICK = {
-    "seq": int,
-    "order_id": str,
-    "qty": int,
-    "price": float,
-    "side": {"buy", "sell"},
-    "phase": {"warmup", "data", "end"},
 }
 
 connection_models = {
@@ -58,21 +51,18 @@ def setup_connections(config):
 
 
 def _wait_for(path, deadline, to_send, phase, pause_s):
-    seq = -1
+    message = {
+        "seq": -1,
+        "order_id": "ORD-000123",
+        "qty": 3,
+        "price": 101.25,
+        "side": "buy",
+        "phase": phase,
+    }
     while not os.path.exists(path):
         if time.monotonic() > deadline:
             raise TimeoutError(f"{path} did not appear (phase {phase})")
-        to_send(
-            "ticks",
-            {
-                "seq": seq,
-                "order_id": "ORD-000123",
-                "qty": 3,
-                "price": 101.25,
-                "side": "buy",
-                "phase": phase,
-            },
-        )
+        to_send("ticks", message)
         time.sleep(pause_s)
 
 

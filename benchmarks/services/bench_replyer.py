@@ -4,6 +4,8 @@ Addresses: ``{"in": {"order": {"replyer": "127.0.0.1:0"}}, "out": {}}`` (port 0:
 port; the ``ready`` line on stderr names the one picked).
 """
 
+from bench_models import ORDER, ORDER_REPLY
+
 
 def on_order(args, to_send, config):
     return {"order_id": args["order_id"], "total": args["qty"] * args["price"]}
@@ -14,13 +16,8 @@ connection_models = {
         "order": {
             "connection_type": "replyer",
             "required_creation_arguments": {"connection_function": on_order},
-            "required_arguments": {
-                "order_id": str,
-                "qty": int,
-                "price": float,
-                "side": {"buy", "sell"},
-            },
-            "required_return_arguments": {"order_id": str, "total": float},
+            "required_arguments": ORDER,
+            "required_return_arguments": ORDER_REPLY,
         },
     },
     "out": {},

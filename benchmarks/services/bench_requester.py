@@ -8,6 +8,8 @@ Addresses: ``{"in": {}, "out": {"order": {"requester": "127.0.0.1:PORT"}}}``.
 import json
 import time
 
+from bench_models import ORDER, ORDER_REPLY
+
 config_model = {
     "required": {"n": int, "result_path": str},
     "optional": {"warmup": int},
@@ -19,13 +21,8 @@ connection_models = {
         "order": {
             "connection_type": "requester",
             "optional_creation_arguments": {"timeout_s": 10},
-            "required_arguments": {
-                "order_id": str,
-                "qty": int,
-                "price": float,
-                "side": {"buy", "sell"},
-            },
-            "required_return_arguments": {"order_id": str, "total": float},
+            "required_arguments": ORDER,
+            "required_return_arguments": ORDER_REPLY,
         },
     },
 }

@@ -13,6 +13,8 @@ import json
 import os
 import time
 
+from bench_models import TICK
+
 config_model = {
     "required": {"hwm": int, "ready_path": str, "done_path": str, "result_path": str},
 }
@@ -73,14 +75,7 @@ connection_models = {
         "ticks": {
             "connection_type": "subscriber",
             "required_creation_arguments": {"connection_function": on_tick},
-            "required_arguments": {
-                "seq": int,
-                "order_id": str,
-                "qty": int,
-                "price": float,
-                "side": {"buy", "sell"},
-                "phase": {"warmup", "data", "end"},
-            },
+            "required_arguments": TICK,
         },
     },
     "out": {},
