@@ -10,6 +10,7 @@ throughput benchmark measures.
 
 from __future__ import annotations
 
+import argparse
 import collections
 import contextlib
 import json
@@ -20,10 +21,14 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -37,25 +42,24 @@ class BenchError(Exception):
     """The benchmark could not run (a process died, timed out, or wrote no result)."""
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
+def _load_prctl() -> Callable[..., int] | None:
+    try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl  # type: ignore[no-any-return]
+    except (ImportError, OSError, AttributeError):
+        return None
 
 
-def _child_setup(cpu: int | None) -> Callable[[], None]:
-    """Die with the parent and, where the machine has 2+ cores, run on core ``cpu``:
-    servers on one core, clients on the other, the same for framework and bare, so the
-    scheduler moving processes around does not add noise to one side only."""
+# Looked up here, in the parent: between fork and exec the child (of a process with
+# threads) should do as little as possible - one foreign call, no import.
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
 
-    def setup() -> None:
-        _die_with_parent()
-        if cpu is not None and hasattr(os, "sched_setaffinity"):
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(0, {cpu})
 
-    return setup
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 PIN = False  # set by the benchmarks' --pin flag
@@ -75,7 +79,6 @@ class Proc:
 
     def __init__(self, name: str, argv: list[str], cwd: str, cpu: int | None = None) -> None:
         self.name = name
-        self.argv = argv
         self.lines: collections.deque[str] = collections.deque(maxlen=40)
         self._queue: queue.Queue[str | None] = queue.Queue()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -88,9 +91,14 @@ class Proc:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
-            preexec_fn=_child_setup(cpu),
+            preexec_fn=_die_with_parent,
         )
         self.pid = self.popen.pid
+        if cpu is not None and hasattr(os, "sched_setaffinity"):
+            # Servers on one core, clients on the other, the same for framework and bare.
+            # Set from here, before the child starts any thread (they inherit it).
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(self.pid, {cpu})
         self._reader = threading.Thread(target=self._read, name=f"{name}-reader", daemon=True)
         self._reader.start()
 
@@ -180,6 +188,33 @@ class Procs:
             state = "running" if rc is None else f"exit code {rc}"
             print(f"  -- {proc.name} (pid {proc.pid}, {state}) output tail:", file=sys.stderr)
             print(proc.tail(), file=sys.stderr)
+
+
+def in_session(what: str, body: Callable[[Path, Procs], T]) -> T | None:
+    """``body(workdir, procs)`` in a fresh work directory. Every process it starts is
+    stopped and the directory removed afterwards; a :class:`BenchError` is reported,
+    with each process's output tail, and gives ``None``."""
+    with tempfile.TemporaryDirectory(prefix=f"bench_{what}_") as tmp:
+        procs = Procs(tmp)
+        try:
+            return body(Path(tmp), procs)
+        except BenchError as exc:
+            print(f"{what} benchmark failed: {exc}", file=sys.stderr)
+            procs.report_failure()
+            return None
+        finally:
+            procs.stop_all()
+
+
+def parser(doc: str, n_default: int, n_help: str) -> argparse.ArgumentParser:
+    """The options every socket benchmark takes: ``--n``, ``--rounds``, ``--pin``."""
+    made = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    made.add_argument("--n", type=int, default=n_default, help=n_help)
+    made.add_argument("--rounds", type=int, default=7, help="framework/bare run pairs")
+    made.add_argument(
+        "--pin", action="store_true", help="pin servers and clients to separate cores"
+    )
+    return made
 
 
 def cpu_seconds(pid: int) -> float:

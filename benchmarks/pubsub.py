@@ -31,12 +31,10 @@ asserted); 1 if the benchmark itself could not run (with the failing process's o
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -48,6 +46,7 @@ from _harness import (
     Proc,
     Procs,
     cli_argv,
+    in_session,
     paired_summary,
     read_result,
 )
@@ -301,34 +300,33 @@ def one_round(
     )
 
 
-def run(n: int, rounds: int, hwm: int) -> int:
-    tmp = tempfile.TemporaryDirectory(prefix="bench_pubsub_")
-    work = Path(tmp.name)
-    procs = Procs(tmp.name)
-    kinds = ("framework", "bare", "sub-framework", "sub-bare")
-    results: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {k: [] for k in kinds}
-    load_before = os.getloadavg()[0]
-    try:
-        check_framing()
-        for i in range(1, rounds + 1):
-            for kind in kinds:
-                results[kind].append(one_round(procs, work, kind, i, n, hwm))
-            rate = {kind: results[kind][-1][1]["rate"] for kind in kinds}
-            print(
-                f"  round {i}/{rounds}: framework {rate['framework']:>9,.0f}/s   "
-                f"bare {rate['bare']:>9,.0f}/s   |   same bare publisher -> framework "
-                f"subscriber {rate['sub-framework']:>9,.0f}/s, bare subscriber "
-                f"{rate['sub-bare']:>9,.0f}/s",
-                flush=True,
-            )
-    except BenchError as exc:
-        print(f"pubsub benchmark failed: {exc}", file=sys.stderr)
-        procs.report_failure()
-        return 1
-    finally:
-        procs.stop_all()
-        tmp.cleanup()
+KINDS = ("framework", "bare", "sub-framework", "sub-bare")
+Results = dict[str, list[tuple[dict[str, float], dict[str, float]]]]
 
+
+def measure(work: Path, procs: Procs, n: int, rounds: int, hwm: int) -> Results:
+    """Every round's (publisher, subscriber) results per kind."""
+    results: Results = {kind: [] for kind in KINDS}
+    check_framing()
+    for i in range(1, rounds + 1):
+        for kind in KINDS:
+            results[kind].append(one_round(procs, work, kind, i, n, hwm))
+        rate = {kind: results[kind][-1][1]["rate"] for kind in KINDS}
+        print(
+            f"  round {i}/{rounds}: framework {rate['framework']:>9,.0f}/s   "
+            f"bare {rate['bare']:>9,.0f}/s   |   same bare publisher -> framework "
+            f"subscriber {rate['sub-framework']:>9,.0f}/s, bare subscriber "
+            f"{rate['sub-bare']:>9,.0f}/s",
+            flush=True,
+        )
+    return results
+
+
+def run(n: int, rounds: int, hwm: int) -> int:
+    load_before = os.getloadavg()[0]
+    results = in_session("pubsub", lambda work, procs: measure(work, procs, n, rounds, hwm))
+    if results is None:
+        return 1
     print()
     print(
         f"pub/sub messages delivered per second at the subscriber "
@@ -384,12 +382,7 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_bare_subscriber":
         bare_subscriber(*sys.argv[2:8])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=200_000, help="data messages sent per run")
-    parser.add_argument("--rounds", type=int, default=7, help="framework/bare run pairs")
-    parser.add_argument(
-        "--pin", action="store_true", help="pin servers and clients to separate cores"
-    )
+    parser = _harness.parser(__doc__, 200_000, "data messages sent per run")
     parser.add_argument(
         "--hwm", type=int, default=1000, help="sndhwm and rcvhwm of every socket, both sides"
     )

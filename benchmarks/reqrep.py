@@ -28,23 +28,21 @@ asserted); 1 if the benchmark itself could not run (with the failing process's o
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import _harness
 from _harness import (
     PYTHON,
-    BenchError,
     Proc,
     Procs,
     cli_argv,
     cpu_seconds,
+    in_session,
     paired_summary,
     read_result,
 )
@@ -111,74 +109,74 @@ READY = r"ready \(.*order=tcp://127\.0\.0\.1:(\d+)"
 BARE_READY = r"bare_server: ready port=(\d+)"
 
 
-def run(n: int, rounds: int, warmup: int) -> int:
-    tmp = tempfile.TemporaryDirectory(prefix="bench_reqrep_")
-    work = Path(tmp.name)
-    procs = Procs(tmp.name)
+Results = dict[str, list[dict[str, float]]]
+
+
+def measure(work: Path, procs: Procs, n: int, rounds: int, warmup: int) -> tuple[Results, float]:
+    """Every round's results per kind, and the idle replyer's CPU share."""
     client_timeout = 30.0 + n / 500  # generous: even 500 round trips/s finishes
-    results: dict[str, list[dict[str, float]]] = {"framework": [], "bare": []}
+    results: Results = {"framework": [], "bare": []}
+    replyer_addresses = work / "replyer_addresses.json"
+    replyer_addresses.write_text(
+        json.dumps({"in": {"order": {"replyer": "127.0.0.1:0"}}, "out": {}})
+    )
+    # INFO only for the ready line: the replyer logs nothing per message at INFO.
+    replyer = procs.start(
+        "framework replyer", cli_argv("bench_replyer.py", replyer_addresses, "-cl", "INFO")
+    )
+    port = replyer.wait_for_line(READY, START_TIMEOUT_S).group(1)
+    requester_addresses = work / "requester_addresses.json"
+    requester_addresses.write_text(
+        json.dumps({"in": {}, "out": {"order": {"requester": f"127.0.0.1:{port}"}}})
+    )
+    bare_server_proc = procs.start("bare server", [PYTHON, __file__, "_bare_server"])
+    bare_port = bare_server_proc.wait_for_line(BARE_READY, START_TIMEOUT_S).group(1)
+
+    idle = idle_cpu_percent(replyer)
+
+    for i in range(1, rounds + 1):
+        for kind in ("framework", "bare"):
+            result = work / f"{kind}_{i}.json"
+            if kind == "framework":
+                server = replyer
+                name = f"framework requester (round {i})"
+                argv = cli_argv(
+                    "bench_requester.py",
+                    requester_addresses,
+                    "-m",
+                    "-cl",
+                    "WARNING",
+                    n=n,
+                    warmup=warmup,
+                    result_path=result,
+                )
+            else:
+                server = bare_server_proc
+                name = f"bare client (round {i})"
+                argv = [PYTHON, __file__, "_bare_client", bare_port, str(n), str(warmup)]
+                argv += [str(result)]
+            server_cpu = cpu_seconds(server.pid)
+            client = procs.start(name, argv, role="client")
+            client.wait_exit(client_timeout, watch=[server])
+            server.check_alive()
+            server_cpu = cpu_seconds(server.pid) - server_cpu
+            data = read_result(result, name)
+            data["server_cpu_s"] = server_cpu
+            results[kind].append(data)
+        print(
+            f"  round {i}/{rounds}: framework {results['framework'][-1]['rate']:>9,.0f}/s   "
+            f"bare {results['bare'][-1]['rate']:>9,.0f}/s",
+            flush=True,
+        )
+    return results, idle
+
+
+def run(n: int, rounds: int, warmup: int) -> int:
     load_before = os.getloadavg()[0]
-    try:
-        replyer_addresses = work / "replyer_addresses.json"
-        replyer_addresses.write_text(
-            json.dumps({"in": {"order": {"replyer": "127.0.0.1:0"}}, "out": {}})
-        )
-        # INFO only for the ready line: the replyer logs nothing per message at INFO.
-        replyer = procs.start(
-            "framework replyer", cli_argv("bench_replyer.py", replyer_addresses, "-cl", "INFO")
-        )
-        port = replyer.wait_for_line(READY, START_TIMEOUT_S).group(1)
-        requester_addresses = work / "requester_addresses.json"
-        requester_addresses.write_text(
-            json.dumps({"in": {}, "out": {"order": {"requester": f"127.0.0.1:{port}"}}})
-        )
-        bare_server_proc = procs.start("bare server", [PYTHON, __file__, "_bare_server"])
-        bare_port = bare_server_proc.wait_for_line(BARE_READY, START_TIMEOUT_S).group(1)
-
-        idle = idle_cpu_percent(replyer)
-
-        for i in range(1, rounds + 1):
-            for kind in ("framework", "bare"):
-                result = work / f"{kind}_{i}.json"
-                if kind == "framework":
-                    server = replyer
-                    name = f"framework requester (round {i})"
-                    argv = cli_argv(
-                        "bench_requester.py",
-                        requester_addresses,
-                        "-m",
-                        "-cl",
-                        "WARNING",
-                        n=n,
-                        warmup=warmup,
-                        result_path=result,
-                    )
-                else:
-                    server = bare_server_proc
-                    name = f"bare client (round {i})"
-                    argv = [PYTHON, __file__, "_bare_client", bare_port, str(n), str(warmup)]
-                    argv.append(str(result))
-                server_cpu = cpu_seconds(server.pid)
-                client = procs.start(name, argv, role="client")
-                client.wait_exit(client_timeout, watch=[server])
-                server.check_alive()
-                server_cpu = cpu_seconds(server.pid) - server_cpu
-                data = read_result(result, name)
-                data["server_cpu_s"] = server_cpu
-                results[kind].append(data)
-            print(
-                f"  round {i}/{rounds}: framework {results['framework'][-1]['rate']:>9,.0f}/s   "
-                f"bare {results['bare'][-1]['rate']:>9,.0f}/s",
-                flush=True,
-            )
-    except BenchError as exc:
-        print(f"reqrep benchmark failed: {exc}", file=sys.stderr)
-        procs.report_failure()
+    measured = in_session("reqrep", lambda work, procs: measure(work, procs, n, rounds, warmup))
+    if measured is None:
         return 1
-    finally:
-        procs.stop_all()
-        tmp.cleanup()
-
+    results, idle = measured
     medians = {k: statistics.median(r["rate"] for r in runs) for k, runs in results.items()}
     print()
     print(f"request/reply round trips per second (N={n:,}, warmup {warmup:,}, {rounds} rounds)")
@@ -218,12 +216,7 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_bare_client":
         bare_client(*sys.argv[2:6])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=10_000, help="timed round trips per run")
-    parser.add_argument("--rounds", type=int, default=7, help="framework/bare run pairs")
-    parser.add_argument(
-        "--pin", action="store_true", help="pin servers and clients to separate cores"
-    )
+    parser = _harness.parser(__doc__, 10_000, "timed round trips per run")
     parser.add_argument("--warmup", type=int, default=1_000, help="untimed round trips first")
     args = parser.parse_args()
     _harness.PIN = args.pin
