@@ -1,8 +1,8 @@
 """InlineServices request/reply calls per second vs calling the handler directly.
 
-Two service modules are written to a temp dir at run time: ``bench_requester`` (main
-mode; an out connection ``request`` of type requester) and ``bench_replyer`` (an in
-connection ``reply`` of type replyer whose handler is ``on_request``). Both declare
+Two service modules in ``services/``: ``inline_requester`` (main mode; an out
+connection ``request`` of type requester) and ``inline_replyer`` (an in connection
+``reply`` of type replyer whose handler is ``on_request``). Both declare
 ``required_arguments {'order_id': str, 'qty': int, 'price': float}`` and
 ``required_return_arguments {'order_id': str, 'total': float}``. Each inline call checks
 the arguments against the sender's and the receiver's model and the reply against both,
@@ -24,15 +24,14 @@ up), then MEDIAN of 15 interleaved repeats (best also shown). Target: inline/dir
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from time import perf_counter_ns
 
 from _timing import REPEATS, measure
 
 HERE = Path(__file__).resolve().parent
+SERVICES = HERE / "services"
 try:
     import service_framework  # noqa: F401
 except ImportError:  # not installed: run against the source tree
@@ -41,113 +40,55 @@ except ImportError:  # not installed: run against the source tree
 from service_framework import InlineServices  # noqa: E402
 from service_framework.validation import Validator, compile_fields  # noqa: E402
 
-REQUESTER_SOURCE = '''\
-"""Benchmark requester: main() times N to_send calls."""
-from time import perf_counter_ns
 
-N_CALLS = 1
-ARGS = {"order_id": "ORD-2024-000123", "qty": 250, "price": 101.25}
-LAST_REPLY = None
-
-connection_models = {
-    "out": {
-        "request": {
-            "connection_type": "requester",
-            "required_arguments": {"order_id": str, "qty": int, "price": float},
-            "required_return_arguments": {"order_id": str, "total": float},
-        },
-    },
-}
-
-
-def main(to_send, config):
-    global LAST_REPLY
-    args = ARGS
-    reply = None
-    t0 = perf_counter_ns()
-    for _ in range(N_CALLS):
-        reply = to_send("request", args)
-    elapsed = perf_counter_ns() - t0
-    LAST_REPLY = reply
-    return elapsed
-'''
-
-REPLYER_SOURCE = '''\
-"""Benchmark replyer: the handler being measured."""
-
-
-def on_request(args, to_send, config):
-    return {"order_id": args["order_id"], "total": args["qty"] * args["price"]}
-
-
-connection_models = {
-    "in": {
-        "reply": {
-            "connection_type": "replyer",
-            "required_creation_arguments": {"connection_function": on_request},
-            "required_arguments": {"order_id": str, "qty": int, "price": float},
-            "required_return_arguments": {"order_id": str, "total": float},
-        },
-    },
-}
-'''
-
-
-def build(tmp: Path) -> InlineServices:
-    (tmp / "bench_requester.py").write_text(REQUESTER_SOURCE)
-    (tmp / "bench_replyer.py").write_text(REPLYER_SOURCE)
+def build() -> InlineServices:
     services = InlineServices(console_loglevel="WARNING")
-    services.set_main_service("requester", str(tmp / "bench_requester.py"))
-    services.add_service("replyer", str(tmp / "bench_replyer.py"))
+    services.set_main_service("requester", str(SERVICES / "inline_requester.py"))
+    services.add_service("replyer", str(SERVICES / "inline_replyer.py"))
     services.add_relation("requester", "request", "replyer", "reply")
     return services
 
 
 def main() -> int:
-    tmp = Path(tempfile.mkdtemp(prefix="sf-bench-inline-"))
-    try:
-        services = build(tmp)
-        requester = services.get_service_module("requester")
-        replyer = services.get_service_module("replyer")
-        handler = replyer.on_request
-        config = services.get_service_config("replyer")
-        args = requester.ARGS
+    services = build()
+    requester = services.get_service_module("requester")
+    replyer = services.get_service_module("replyer")
+    handler = replyer.on_request
+    config = services.get_service_config("replyer")
+    args = requester.ARGS
 
-        # Sanity: the inline call returns what the handler returns.
-        requester.N_CALLS = 1
-        services.start()
-        expected = handler(args, None, config)
-        got = requester.LAST_REPLY
-        if got != expected:
-            print(f"BENCHMARK INVALID: inline reply {got!r} != {expected!r}")
-            return 1
+    # Sanity: the inline call returns what the handler returns.
+    requester.N_CALLS = 1
+    services.start()
+    expected = handler(args, None, config)
+    got = requester.LAST_REPLY
+    if got != expected:
+        print(f"BENCHMARK INVALID: inline reply {got!r} != {expected!r}")
+        return 1
 
-        def inline(n: int) -> int:
-            requester.N_CALLS = n
-            return services.start()  # type: ignore[no-any-return]
+    def inline(n: int) -> int:
+        requester.N_CALLS = n
+        return services.start()  # type: ignore[no-any-return]
 
-        def direct(n: int) -> int:
-            t0 = perf_counter_ns()
-            for _ in range(n):
-                handler(args, None, config)
-            return perf_counter_ns() - t0
+    def direct(n: int) -> int:
+        t0 = perf_counter_ns()
+        for _ in range(n):
+            handler(args, None, config)
+        return perf_counter_ns() - t0
 
-        arg_specs = {"order_id": str, "qty": int, "price": float}
-        ret_specs = {"order_id": str, "total": float}
-        check_args = Validator(compile_fields(arg_specs, {})).check
-        check_reply = Validator(compile_fields(ret_specs, {})).check
+    model = replyer.connection_models["in"]["reply"]
+    check_args = Validator(compile_fields(model["required_arguments"], {})).check
+    check_reply = Validator(compile_fields(model["required_return_arguments"], {})).check
 
-        def floor(n: int) -> int:
-            t0 = perf_counter_ns()
-            for _ in range(n):
-                check_args(args)
-                reply = handler(args, None, config)
-                check_reply(reply)
-            return perf_counter_ns() - t0
+    def floor(n: int) -> int:
+        t0 = perf_counter_ns()
+        for _ in range(n):
+            check_args(args)
+            reply = handler(args, None, config)
+            check_reply(reply)
+        return perf_counter_ns() - t0
 
-        results = measure({"inline to_send": inline, "direct handler call": direct, "floor": floor})
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    results = measure({"inline to_send": inline, "direct handler call": direct, "floor": floor})
 
     print(f"python {sys.version.split()[0]}")
     print(
