@@ -175,7 +175,7 @@ def test_bad_requests_get_an_error_reply_and_never_reach_the_handler(
 def test_a_valid_request_with_extra_frames_is_answered_with_an_error(replyer, zctx) -> None:
     # The first frame is handled like any request (a REP socket gives no cheaper way to
     # know more frames follow); the caller still gets an error, never a wedged socket.
-    frame = msgspec.msgpack.encode({"v": 1, "workflow_id": "w", "args": ORDER})
+    frame = MessageCodec.encode_request(ORDER, "w")
     reply = raw_request(zctx, replyer.address("reply"), frame, b"extra")
     assert reply["error"] == {"type": "DecodeError", "message": "a request must be a single frame"}
     assert replyer.runtime.stats()["reply"].rejected == 1

@@ -181,11 +181,7 @@ def test_command_line_strings_are_converted_per_config_model() -> None:
         "tags": '["a", "b"]',
         "maybe": "null",
     }
-    runtime = ServiceRuntime(
-        mod, config=dict(strings), cli_strings=strings, options=RunOptions(install_signals=False)
-    )
-    runtime.start()
-    runtime.close()
+    runtime = start(mod, config=dict(strings), cli_strings=strings)
     assert runtime.prepared is not None
     assert runtime.prepared.config == {
         "n": 3,
@@ -212,9 +208,7 @@ def test_a_setup_config_that_casts_itself_keeps_working() -> None:
 
     strings = {"n": "4"}
     mod = module(config_model={"required": {"n": int}}, setup_config=setup_config)
-    runtime = ServiceRuntime(mod, config=dict(strings), cli_strings=strings)
-    runtime.start()
-    runtime.close()
+    runtime = start(mod, config=dict(strings), cli_strings=strings)
     assert runtime.prepared is not None and runtime.prepared.config == {"n": 8}
 
 
