@@ -10,6 +10,7 @@ legitimate client is still served.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import threading
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -639,13 +640,13 @@ def test_allow_any_attack_gets_nothing_and_clients_are_still_served(
     assert open_replyer.runtime.stats()["reply"].received == 1  # only the legitimate one
 
 
-def _attack_all_with_idle_connections(address: str, zctx, keys: Keys, attacks) -> None:
-    # Half-open connections that never handshake (CVE-2020-15166) stay open throughout.
+@contextlib.contextmanager
+def idle_connections(address: str, count: int = 20) -> Iterator[None]:
+    """Half-open TCP connections that never handshake (CVE-2020-15166), open throughout."""
     host, port = address.rsplit(":", 1)
-    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(20)]
+    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(count)]
     try:
-        for attack in attacks:
-            attack(zctx, address, keys)
+        yield
     finally:
         for sock in idle:
             sock.close()
@@ -654,7 +655,9 @@ def _attack_all_with_idle_connections(address: str, zctx, keys: Keys, attacks) -
 def test_after_every_attack_the_authorized_client_is_served(
     replyer, curve_client, keys, zctx
 ) -> None:
-    _attack_all_with_idle_connections(replyer.address("reply"), zctx, keys, ATTACKS)
+    with idle_connections(replyer.address("reply")):
+        for attack in ATTACKS:
+            attack(zctx, replyer.address("reply"), keys)
     assert_untouched(replyer)
     assert_served(curve_client, keys, replyer)
 
@@ -662,14 +665,8 @@ def test_after_every_attack_the_authorized_client_is_served(
 def test_idle_half_open_connections_do_not_block_clients(
     open_replyer, curve_client, keys, zctx
 ) -> None:
-    address = open_replyer.address("reply")
-    host, port = address.rsplit(":", 1)
-    idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(20)]
-    try:
+    with idle_connections(open_replyer.address("reply")):
         assert_served(curve_client, keys, open_replyer)
-    finally:
-        for sock in idle:
-            sock.close()
 
 
 def test_unauthorized_framework_client_times_out_and_never_reaches_the_handler(
