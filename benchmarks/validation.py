@@ -274,11 +274,11 @@ def part_baseline() -> None:
         for label, samples in results.items():
             median, best = summary(samples)
             print(f"{name:<8} {'compiled ' + label:<34} {median:>9.0f} {best:>9.0f}")
-        if python is not None:
+        if old is not None:
             median, best = summary(old_samples[name])
             print(f"{name:<8} {'0.0.20 validate_args()':<34} {median:>9.0f} {best:>9.0f}")
     print()
-    if python is None or old is None:
+    if old is None:  # no 0.0.20 interpreter, or a run of it failed
         print(f"SKIPPED 0.0.20 comparison: {reason}")
         return
     print(
