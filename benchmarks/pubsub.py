@@ -205,52 +205,20 @@ PUB_READY = r"ready \(.*ticks=tcp://127\.0\.0\.1:(\d+)"
 BARE_READY = r"bare_publisher: ready port=(\d+)"
 
 
-def start_framework_subscriber(
-    procs: Procs, work: Path, label: str, port: str, hwm: int, paths: dict[str, str]
-) -> Proc:
-    """The framework subscriber service, started with the CLI, connected to ``port``."""
-    addresses = work / f"sub_addresses_{label.replace(' ', '_').replace(',', '')}.json"
-    addresses.write_text(
-        json.dumps({"in": {"ticks": {"subscriber": f"127.0.0.1:{port}"}}, "out": {}})
-    )
-    return procs.start(
-        f"framework subscriber ({label})",
-        cli_argv(
-            "bench_subscriber.py",
-            addresses,
-            "-cl",
-            "WARNING",
-            hwm=hwm,
-            ready_path=paths["ready"],
-            done_path=paths["done"],
-            result_path=paths["sub_result.json"],
-        ),
-        role="client",
-    )
-
-
-def one_round(
-    procs: Procs, work: Path, kind: str, i: int, n: int, hwm: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    """One publisher/subscriber pair; returns (publisher result, subscriber result)."""
-    paths = {
-        key: str(work / f"{kind}_{i}_{key}")
-        for key in ("ready", "done", "pub_result.json", "sub_result.json")
-    }
-    common = [str(n), str(hwm), paths["ready"], paths["done"]]
-    timeout = HANDSHAKE_TIMEOUT_S + 30.0 + n / 10_000  # generous: even 10k messages/s finishes
-    framing = "envelope" if kind.startswith("sub-") else "plain"
+def start_publisher(
+    procs: Procs, work: Path, kind: str, i: int, n: int, hwm: int, paths: dict[str, str]
+) -> tuple[Proc, str]:
+    """The round's publisher (the framework's, started with the CLI, or a bare one) and
+    the port it bound."""
     if kind == "framework":
-        pub_addresses = work / f"pub_addresses_{i}.json"
-        pub_addresses.write_text(
-            json.dumps({"in": {}, "out": {"ticks": {"publisher": "127.0.0.1:0"}}})
-        )
+        addresses = work / f"{kind}_{i}_pub_addresses.json"
+        addresses.write_text(json.dumps({"in": {}, "out": {"ticks": {"publisher": "127.0.0.1:0"}}}))
         # INFO only for the ready line: the publisher logs nothing per message at INFO.
         pub = procs.start(
             f"framework publisher (round {i})",
             cli_argv(
                 "bench_publisher.py",
-                pub_addresses,
+                addresses,
                 "-m",
                 "-cl",
                 "INFO",
@@ -262,38 +230,58 @@ def one_round(
                 timeout_s=HANDSHAKE_TIMEOUT_S,
             ),
         )
-        port = pub.wait_for_line(PUB_READY, START_TIMEOUT_S).group(1)
-        sub = start_framework_subscriber(procs, work, f"round {i}", port, hwm, paths)
-        pub.wait_exit(timeout, watch=[sub])
+        return pub, pub.wait_for_line(PUB_READY, START_TIMEOUT_S).group(1)
+    framing = "envelope" if kind.startswith("sub-") else "plain"
+    argv = [PYTHON, __file__, "_bare_publisher", str(n), str(hwm), paths["ready"], paths["done"]]
+    argv += [paths["pub_result.json"], framing]
+    pub = procs.start(f"bare publisher (round {i}, {kind})", argv)
+    return pub, pub.wait_for_line(BARE_READY, START_TIMEOUT_S).group(1)
+
+
+def start_subscriber(
+    procs: Procs, work: Path, kind: str, i: int, port: str, hwm: int, paths: dict[str, str]
+) -> Proc:
+    """The round's subscriber, connected to ``port``: the framework's service (started
+    with the CLI) for "framework" and "sub-framework", else a bare SUB loop."""
+    if kind in ("framework", "sub-framework"):
+        addresses = work / f"{kind}_{i}_sub_addresses.json"
+        addresses.write_text(
+            json.dumps({"in": {"ticks": {"subscriber": f"127.0.0.1:{port}"}}, "out": {}})
+        )
+        argv = cli_argv(
+            "bench_subscriber.py",
+            addresses,
+            "-cl",
+            "WARNING",
+            hwm=hwm,
+            ready_path=paths["ready"],
+            done_path=paths["done"],
+            result_path=paths["sub_result.json"],
+        )
+        return procs.start(f"framework subscriber (round {i}, {kind})", argv, role="client")
+    framing = "envelope" if kind.startswith("sub-") else "plain"
+    argv = [PYTHON, __file__, "_bare_subscriber", port, str(hwm), paths["ready"], paths["done"]]
+    argv += [paths["sub_result.json"], framing]
+    return procs.start(f"bare subscriber (round {i}, {kind})", argv, role="client")
+
+
+def one_round(
+    procs: Procs, work: Path, kind: str, i: int, n: int, hwm: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """One publisher/subscriber pair; returns (publisher result, subscriber result)."""
+    paths = {
+        key: str(work / f"{kind}_{i}_{key}")
+        for key in ("ready", "done", "pub_result.json", "sub_result.json")
+    }
+    timeout = HANDSHAKE_TIMEOUT_S + 30.0 + n / 10_000  # generous: even 10k messages/s finishes
+    pub, port = start_publisher(procs, work, kind, i, n, hwm, paths)
+    sub = start_subscriber(procs, work, kind, i, port, hwm, paths)
+    pub.wait_exit(timeout, watch=[sub])
+    if kind in ("framework", "sub-framework"):
         sub.check_alive()
         sub.stop()  # a service loop runs until told to stop
     else:
-        pub = procs.start(
-            f"bare publisher (round {i}, {kind})",
-            [PYTHON, __file__, "_bare_publisher", *common, paths["pub_result.json"], framing],
-        )
-        port = pub.wait_for_line(BARE_READY, START_TIMEOUT_S).group(1)
-        if kind == "sub-framework":
-            sub = start_framework_subscriber(procs, work, f"round {i}, {kind}", port, hwm, paths)
-            pub.wait_exit(timeout, watch=[sub])
-            sub.check_alive()
-            sub.stop()
-        else:
-            sub = procs.start(
-                f"bare subscriber (round {i}, {kind})",
-                [
-                    PYTHON,
-                    __file__,
-                    "_bare_subscriber",
-                    port,
-                    *common[1:],
-                    paths["sub_result.json"],
-                    framing,
-                ],
-                role="client",
-            )
-            pub.wait_exit(timeout, watch=[sub])
-            sub.wait_exit(10.0)
+        sub.wait_exit(10.0)  # the bare loop exits on the end marker
     return (
         read_result(Path(paths["pub_result.json"]), pub.name),
         read_result(Path(paths["sub_result.json"]), sub.name),
