@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .config import flatten_seed_shape, load_json, parse_cli_pairs
@@ -114,8 +114,9 @@ def _fail(message: str, exc: BaseException | None, show_traceback: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["keygen"]:
-        return _keygen(args_list[1:])
+    command = SUBCOMMANDS.get(args_list[0]) if args_list else None
+    if command is not None:
+        return command(args_list[1:])
     known, extra = split_arguments(args_list)
     parser = _parser()
     args = parser.parse_args(known)
@@ -180,3 +181,10 @@ def _keygen(argv: list[str]) -> int:
     print(f"public key: {public}")
     print(f"secret key: {secret} (mode 0600; never share it)")
     return 0
+
+
+# ``service_framework NAME ARGS...`` runs ``SUBCOMMANDS[NAME](ARGS)`` and exits with what
+# it returns; anything else runs a service. Each command parses its own arguments.
+SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "keygen": _keygen,
+}
