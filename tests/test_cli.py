@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+import zmq
 
 from conftest import echo_requester, write_json
 from service_framework import RequestTimeout
@@ -287,9 +289,38 @@ def test_second_signal_exits_at_once(slow_service, client) -> None:
     process.signal(signal.SIGTERM)
     process.wait_for(r"got SIGTERM; stopping gracefully")
     process.signal(signal.SIGINT)
-    assert process.finish(timeout=10) == 128 + signal.SIGINT
+    # The first signal restored the default action, so the second one ends the process
+    # itself - no Python code has to run for that.
+    assert process.finish(timeout=10) == -signal.SIGINT
     thread.join(10)
     assert len(outcome) == 1  # the handler never finished, so no reply came
+
+
+def test_second_signal_ends_the_process_while_the_first_handler_still_runs(
+    write_service, cli
+) -> None:
+    write_service(
+        "stubborn",
+        """
+import threading
+from service_framework import get_logger
+LOG = get_logger()
+
+def main(to_send, config):
+    LOG.info('main waiting')
+    threading.Event().wait(30)
+
+def sigterm_handler(signum, frame, to_send, config):
+    LOG.info('handler busy')
+    threading.Event().wait(30)  # a handler that never finishes on its own
+""",
+    )
+    process = cli("-s", "stubborn.py", "-m")
+    process.wait_for("main waiting")
+    process.signal(signal.SIGTERM)
+    process.wait_for("handler busy")
+    process.signal(signal.SIGTERM)
+    assert process.finish(timeout=10) == -signal.SIGTERM
 
 
 def test_idle_service_uses_no_cpu(echo_files, cli) -> None:
@@ -307,7 +338,9 @@ def test_idle_service_uses_no_cpu(echo_files, cli) -> None:
     assert used < 0.03
 
 
-def test_sigint_in_main_mode_runs_the_handler_with_to_send_and_exits_0(write_service, cli) -> None:
+def test_sigint_in_main_mode_runs_the_handler_with_to_send_and_exits_130(
+    write_service, cli
+) -> None:
     write_service(
         "waiter",
         """
@@ -337,5 +370,79 @@ connection_models = {'out': {'note': {
     process = cli("-s", "waiter.py", "-m")
     process.wait_for("main waiting")
     process.signal(signal.SIGINT)
-    assert process.finish() == 0
+    assert process.finish() == 128 + signal.SIGINT  # main was interrupted, not finished
     assert process.stdout().splitlines() == [f"sigint_handler got {int(signal.SIGINT)}"]
+
+
+def test_main_that_returns_after_a_signal_exits_0(write_service, cli) -> None:
+    write_service(
+        "graceful",
+        """
+import threading
+from service_framework import get_logger
+LOG = get_logger()
+
+def main(to_send, config):
+    try:
+        LOG.info('main waiting')
+        threading.Event().wait(30)
+    except BaseException:
+        print('main cleaned up', flush=True)  # main handles the interruption and returns
+""",
+    )
+    process = cli("-s", "graceful.py", "-m")
+    process.wait_for("main waiting")
+    process.signal(signal.SIGTERM)
+    assert process.finish() == 0
+    assert process.stdout().splitlines() == ["main cleaned up"]
+
+
+def test_signal_handler_may_use_the_connection_main_was_blocked_on(
+    write_service, tmp_path, cli, zctx, request
+) -> None:
+    """main waits on a reply that never comes; the signal unwinds it first, so the
+    service's handler can call the same requester (whose lock main held)."""
+    router = zctx.socket(zmq.ROUTER)
+    request.addfinalizer(router.close)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    write_service(
+        "asker",
+        """
+from service_framework import get_logger
+LOG = get_logger()
+
+def main(to_send, config):
+    LOG.info('main asking')
+    to_send('ask', {'text': 'from main'})
+
+def sigterm_handler(signum, frame, to_send, config):
+    print('handler got', to_send('ask', {'text': 'from handler'})['text'], flush=True)
+
+connection_models = {'out': {'ask': {
+    'connection_type': 'requester',
+    'optional_creation_arguments': {'timeout_s': 20},
+    'required_arguments': {'text': str},
+    'required_return_arguments': {'text': str},
+}}}
+""",
+    )
+    write_json(tmp_path / "asker.json", {"out": {"ask": {"requester": f"127.0.0.1:{port}"}}})
+    process = cli("-s", "asker.py", "-a", "asker.json", "-m")
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
+
+    def next_request() -> tuple[bytes, dict[str, Any]]:
+        assert poller.poll(10_000), "no request arrived"
+        peer, empty, body = router.recv_multipart()
+        assert empty == b""
+        return peer, msgspec.msgpack.decode(body)
+
+    _, first = next_request()
+    assert first["args"] == {"text": "from main"}  # never answered: main is blocked
+    process.signal(signal.SIGTERM)
+    peer, second = next_request()
+    assert second["args"] == {"text": "from handler"}
+    reply = {"v": 1, "workflow_id": second["workflow_id"], "return_args": {"text": "answered"}}
+    router.send_multipart([peer, b"", msgspec.msgpack.encode(reply)])
+    assert process.finish() == 128 + signal.SIGTERM
+    assert process.stdout().splitlines() == ["handler got answered"]

@@ -9,7 +9,8 @@ in the foreground while the loop serves inbound connections in a background thre
 Shutdown, on SIGINT/SIGTERM, ``stop()``, or ``main`` returning: the loop stops taking
 new messages and finishes (and replies to) the one in flight; the service's own signal
 handler runs; sockets close with a bounded linger; the context terminates under a
-watchdog. A second signal exits at once.
+watchdog. The first signal restores the default action of SIGINT/SIGTERM, so a second
+one ends the process at once, whatever Python is doing.
 """
 
 from __future__ import annotations
@@ -103,7 +104,13 @@ def make_to_send(
 
 
 class _Interrupted(BaseException):
-    """Raised in the main thread by the first signal while ``main``/``init`` runs."""
+    """Raised in the main thread by the first signal while ``main``/``init`` runs; it
+    unwinds ``main`` (releasing whatever locks its frames hold) before the service's own
+    signal handler runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
 class ServiceRuntime:
@@ -135,7 +142,6 @@ class ServiceRuntime:
         self._flow = flow_of(IDLE)  # the serving thread's current flow (see invoke)
         self._phase = "new"
         self._pending_signal: tuple[int, FrameType | None] | None = None
-        self._signals_seen = 0
         self._loop_thread: threading.Thread | None = None
         self._closed = False
 
@@ -295,8 +301,10 @@ class ServiceRuntime:
                     "%s: no inbound connections and not in main mode; nothing to serve",
                     prepared.name,
                 )
-        except _Interrupted:
-            code = 0
+        except _Interrupted as interrupted:
+            # main did not return: say so, as a shell would for a process the signal ended.
+            code = 128 + interrupted.signum
+            self._run_pending_signal_handler()
         except Exception:
             where = (
                 "main"
@@ -427,24 +435,30 @@ class ServiceRuntime:
             signal.signal(signum, handler)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signals_seen += 1
-        if self._signals_seen > 1:
-            LOG.warning("%s: second signal %s; exiting now", self.name, signal.Signals(signum).name)
-            os._exit(128 + signum)
+        # From now on SIGINT and SIGTERM have their default action again: a second signal
+        # ends the process at once, even while this handler, the user's handler or a
+        # blocking C call is still running - no Python code has to run for it.
+        for other in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(other, signal.SIG_DFL)
         LOG.info("%s: got %s; stopping gracefully", self.name, signal.Signals(signum).name)
-        if self._phase in ("init", "main"):
-            # No safe point to wait for: run the service's handler now, then unwind.
-            self._run_user_signal_handler(signum, frame)
-            self.stop()
-            raise _Interrupted()
-        # In the loop: finish the message in flight first; the handler runs after.
+        # The service's own handler runs later, outside this signal frame (see
+        # _shutdown): it may then use to_send on a connection the interrupted code held.
         self._pending_signal = (signum, frame)
+        if self._phase in ("init", "main"):
+            # No safe point to wait for: unwind init_function/main now; run() then runs
+            # the service's handler while the background loop still serves, and stops.
+            raise _Interrupted(signum)
+        # In the loop: the message in flight is finished first, then the handler runs.
         self.stop()
 
-    def _run_user_signal_handler(self, signum: int, frame: FrameType | None) -> None:
+    def _run_pending_signal_handler(self) -> None:
+        """Run the service's ``sigint_handler``/``sigterm_handler`` for the signal that
+        started the stop, once, in ordinary (not signal-handler) context."""
+        pending, self._pending_signal = self._pending_signal, None
         prepared = self.prepared
-        if prepared is None:
+        if pending is None or prepared is None:
             return
+        signum, frame = pending
         hook = "sigint_handler" if signum == signal.SIGINT else "sigterm_handler"
         handler = getattr(prepared.module, hook, None)
         if handler is None:
@@ -465,10 +479,7 @@ class ServiceRuntime:
                     self.name,
                     self.options.stop_timeout_s,
                 )
-        if self._pending_signal is not None:
-            signum, frame = self._pending_signal
-            self._pending_signal = None
-            self._run_user_signal_handler(signum, frame)
+        self._run_pending_signal_handler()
         self._log_stats()
         self.close()
 
