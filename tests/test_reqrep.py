@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from service_framework import (
     RemoteError,
@@ -200,11 +201,16 @@ def test_oversized_message_drops_that_peer_only(write_service, run_service, clie
     )
     address = service.address("reply")
     big = zctx.socket(zmq.REQ)
+    events = big.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
     big.connect(f"tcp://{address}")
     big.send(b"x" * 100_000)
-    big.rcvtimeo = 300
-    with pytest.raises(zmq.Again):  # the replyer disconnected it; no reply ever comes
-        big.recv()
+    seen = []
+    while zmq.EVENT_DISCONNECTED not in seen:  # the replyer drops the peer that sent it
+        assert events.poll(10_000), f"no disconnect; events so far: {seen}"
+        seen.append(recv_monitor_message(events)["event"])
+    assert seen == [zmq.EVENT_CONNECTED, zmq.EVENT_DISCONNECTED]
+    big.disable_monitor()
+    events.close(linger=0)
     big.close(linger=0)
     good = client(requester_models(timeout_s=5), {"out": {"request": {"requester": address}}})
     assert good.to_send("request", ORDER)["total"] == 7.5
@@ -372,14 +378,16 @@ def test_a_multi_frame_reply_does_not_wedge_the_requester(client, server) -> Non
 def test_requester_is_thread_safe(replyer, requester) -> None:
     import threading
 
-    results: list[dict[str, Any]] = []
+    replies: dict[int, list[dict[str, Any]]] = {n: [] for n in range(4)}
     errors: list[BaseException] = []
+    start = threading.Barrier(4)
 
     def worker(n: int) -> None:
         try:
+            start.wait(10)  # all four call at once, so their calls interleave
             for i in range(20):
                 order = {"order_id": f"{n}-{i}", "qty": i, "price": 1.0}
-                results.append(requester.to_send("request", order))
+                replies[n].append(requester.to_send("request", order))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -389,10 +397,10 @@ def test_requester_is_thread_safe(replyer, requester) -> None:
     for thread in threads:
         thread.join(30)
     assert not errors
-    assert sorted(r["order_id"] for r in results) == sorted(
-        f"{n}-{i}" for n in range(4) for i in range(20)
-    )
-    assert all(r["total"] == float(r["order_id"].split("-")[1]) for r in results)
+    # Each thread got the replies to its own requests, in the order it made them.
+    for n in range(4):
+        assert [r["order_id"] for r in replies[n]] == [f"{n}-{i}" for i in range(20)]
+        assert [r["total"] for r in replies[n]] == [float(i) for i in range(20)]
 
 
 def test_requester_spreads_over_a_list_of_replyers(write_service, run_service, client) -> None:
