@@ -472,3 +472,50 @@ def test_cli_prints_the_schema() -> None:
     printed = run_cli("check", "--schema")
     assert printed.returncode == 0
     assert json.loads(printed.stdout) == topo.topology_schema()
+
+
+# --------------------------------------------------------------------------- inline
+
+
+def test_inline_services_warn_about_and_report_model_findings(tmp_path: Path, caplog) -> None:
+    from service_framework import InlineServices
+
+    (tmp_path / "asker.py").write_text(
+        service(
+            out=requester("give", "'required_arguments': {'qty': float}")
+            + requester("spare", "'required_arguments': {}")
+        )
+        + "\ndef main(to_send, config):\n    return to_send('give', {'qty': 2.0})\n"
+    )
+    (tmp_path / "taker.py").write_text(
+        service(in_=replyer("take", "'required_arguments': {'qty': int}"))
+    )
+    inline = InlineServices(console_loglevel=None)
+    inline.set_main_service("a", str(tmp_path / "asker.py"))
+    inline.add_service("b", str(tmp_path / "taker.py"))
+    with caplog.at_level("WARNING", logger="service_framework"):
+        inline.add_relation("a", "give", "b", "take")
+    assert "relation a.give -> b.take: arguments: at $.qty a.give may send float" in caplog.text
+    found = {f.code: f for f in inline.check()}
+    assert set(found) == {"type-mismatch", "unlinked"}
+    assert found["type-mismatch"].ends == ("a.give", "b.take")
+    assert found["unlinked"].ends == ("a.spare",)
+    # A warning, not a refusal: the relation works for values both sides accept...
+    with pytest.raises(Exception, match=r"expected int, got float at \$\.qty"):
+        inline.start()  # ...and the receiver still refuses the ones it does not.
+
+
+def test_inline_services_with_matching_models_check_clean(tmp_path: Path) -> None:
+    from service_framework import InlineServices
+
+    (tmp_path / "asker.py").write_text(
+        service(out=requester("give", "'required_arguments': {'qty': int}"))
+    )
+    (tmp_path / "taker.py").write_text(
+        service(in_=replyer("take", "'required_arguments': {'qty': float}"))
+    )
+    inline = InlineServices(console_loglevel=None)
+    inline.add_service("a", str(tmp_path / "asker.py"))
+    inline.add_service("b", str(tmp_path / "taker.py"))
+    inline.add_relation("a", "give", "b", "take")
+    assert inline.check() == []
