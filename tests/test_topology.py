@@ -312,3 +312,12 @@ def test_config_file_is_overlaid_by_the_inline_table(tmp_path: Path) -> None:
     spec = topology.services["r"]
     assert spec.load_config() == {"a": 1, "b": 3}
     assert spec.env_prefix == "R_"
+
+
+def test_the_readme_shows_the_shipped_example_topology() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The system: topology and check", 1)[1]
+    shown = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    shipped = (EXAMPLE / "system.toml").read_text()
+    body = shipped[shipped.index("name = ") :]
+    assert shown == body
