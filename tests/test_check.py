@@ -407,6 +407,27 @@ def test_curve_on_one_end_only_and_unauthorized_clients(tmp_path: Path) -> None:
     assert findings(path) == []
 
 
+def test_a_connector_whose_binders_have_different_curve_keys(tmp_path: Path) -> None:
+    for name in ("b", "c"):
+        create_keypair(tmp_path / "keys", name)
+    create_keypair(tmp_path / "keys" / "clients", "a")
+    services = {
+        "a": service(out=requester("give", "'required_arguments': {}")),
+        "b": service(in_=replyer("take", "'required_arguments': {}")),
+        "c": service(in_=replyer("take", "'required_arguments': {}")),
+    }
+    path = system(tmp_path, ["a.give -> b.take", "a.give -> c.take"], services)
+    text = path.read_text()
+    for name in ("a", "b", "c"):
+        secret = "keys/clients/a.key_secret" if name == "a" else f"keys/{name}.key_secret"
+        curve = f'curve = {{secret_key = "{secret}", authorized_keys = "keys/clients"}}\n'
+        text = text.replace(f'file = "{name}.py"\n', f'file = "{name}.py"\n{curve}')
+    path.write_text(text)
+    finding = only(path)
+    assert finding.code == "curve-mismatch"
+    assert finding.ends == ("a.give", "b.take", "c.take")
+
+
 def test_nested_typed_dicts_drop_unknown_keys_so_they_are_not_reported() -> None:
     from typing import TypedDict
 
