@@ -39,7 +39,7 @@ from .errors import RemoteError, UnknownConnectionError, ValidationError
 from .loader import PreparedService, load_module, prepare_service
 from .logs import configure_logging
 from .models import ConnectionModel
-from .topology import Finding
+from .topology import Finding, Topology, load_topology
 from .workflow import (
     IDLE,
     Flow,
@@ -126,6 +126,42 @@ class InlineServices:
 
     def __repr__(self) -> str:
         return f"<InlineServices main={self._main!r} services={list(self._services)}>"
+
+    @classmethod
+    def from_topology(
+        cls,
+        topology: str | os.PathLike[str] | Topology,
+        *,
+        console_loglevel: str | None = "INFO",
+        log_path: str | os.PathLike[str] | None = None,
+        file_loglevel: str = "INFO",
+        backup_count: int = 24,
+    ) -> InlineServices:
+        """Every service of a topology file (or a loaded :class:`Topology`) with its
+        config, and a relation per link; the service with ``main = true`` is the main
+        one. Addresses, hosts, replicas and keys do not apply inline."""
+        system = topology if isinstance(topology, Topology) else load_topology(topology)
+        mains = [name for name, spec in system.services.items() if spec.main]
+        if len(mains) > 1:
+            raise ValueError(
+                f"{system.path}: inline runs one main service, but {', '.join(mains)} are "
+                "all main = true"
+            )
+        inline = cls(console_loglevel, log_path, file_loglevel, backup_count)
+        for name, spec in system.services.items():
+            config = spec.load_config() or None
+            if spec.main:
+                inline.set_main_service(name, spec.file, config)
+            else:
+                inline.add_service(name, spec.file, config)
+        for link in system.links:
+            inline.add_relation(
+                link.source.service,
+                link.source.connection,
+                link.target.service,
+                link.target.connection,
+            )
+        return inline
 
     # ------------------------------------------------------------------ building
     def set_main_service(
