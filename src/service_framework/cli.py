@@ -16,10 +16,12 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .check import main as _check_main
 from .config import flatten_seed_shape, load_json, parse_cli_pairs
 from .errors import AddressError, ServiceFrameworkError, StartupError
 from .security import Curve, create_keypair
 from .service import Service
+from .topology_run import main as _run_main
 
 __all__ = ["main"]
 
@@ -187,4 +189,6 @@ def _keygen(argv: list[str]) -> int:
 # it returns; anything else runs a service. Each command parses its own arguments.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "keygen": _keygen,
+    "check": _check_main,
+    "run": _run_main,
 }
