@@ -16,6 +16,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import asyncapi, graph
 from .config import flatten_seed_shape, load_json, parse_cli_pairs
 from .errors import AddressError, ServiceFrameworkError, StartupError
 from .security import Curve, create_keypair
@@ -187,4 +188,6 @@ def _keygen(argv: list[str]) -> int:
 # it returns; anything else runs a service. Each command parses its own arguments.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "keygen": _keygen,
+    "asyncapi": asyncapi.main,
+    "graph": graph.main,
 }
