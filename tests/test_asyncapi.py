@@ -444,3 +444,35 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path: Path, setup: Any, expected
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("service_framework asyncapi: error: ")
     assert expected in lines[0]
+
+
+def test_a_registered_connection_type_is_described_without_an_invented_envelope(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service_framework.connections import CONNECTION_TYPES, InboundConnection
+
+    class Drain(InboundConnection):
+        type_name = "drain"
+        side = "in"
+        address_keys = ("drain",)
+        binds = True
+        required_creation_arguments = {"connection_function": object}
+
+    monkeypatch.setitem(CONNECTION_TYPES, "drain", Drain)
+    source = """
+    def on(args, to_send, config):
+        pass
+
+    connection_models = {"in": {"jobs": {
+        "connection_type": "drain",
+        "required_creation_arguments": {"connection_function": on},
+        "required_arguments": {"job": int},
+    }}}
+    """
+    document = run([str(write(tmp_path, "sink.py", source))], capsys)
+    assert_valid_asyncapi(document)
+    message = document["channels"]["jobs"]["messages"]["sink.jobs.message"]
+    assert message["payload"]["allOf"] == [{"$ref": "#/components/schemas/sink.jobs.args"}]
+    binding = document["operations"]["sink.jobs"]["bindings"]["x-zmq"]
+    assert binding == {"connectionType": "drain", "role": "bind"}  # no socket type invented
+    assert "bindings" not in document["channels"]["jobs"]  # nor a pattern

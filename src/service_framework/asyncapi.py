@@ -106,6 +106,7 @@ _PATTERNS = {
     "puller": "push-pull",
 }
 _PUBLISHED = {"publisher", "subscriber"}  # framed as [topic, v, workflow_id, args, meta]
+_REQUESTS = {"requester", "replyer"}  # framed as {v, workflow_id, args, meta?}
 _NAME_CHARS = re.compile(r"[^\w.\-]")
 _GENERATED = re.compile(r"^Fields\d+$")  # msgspec names of the structs validation.py makes
 _REF = "#/components/schemas/"
@@ -192,7 +193,7 @@ class _Schemas:
             visit(schema, f"{end_key}.{direction}")
         for name in sorted(components):  # anything reached only through a user class
             if _GENERATED.match(name) and name not in renames:
-                renames[name] = claim(f"{name.lower()}")
+                renames[name] = claim("model")
                 visit(components[name], renames[name])
 
         def rename(node: Any) -> Any:
@@ -469,11 +470,17 @@ class _Builder:
         for end in ends:
             model = end.model
             args = self.schemas.top[(end.key, "args")]
+            kind = "request" if model.connection_type in _REQUESTS else "message"
             if published:
                 payload = _published_payload(_topic(model), args)
-            else:
+            elif kind == "request":
                 payload = _request_payload(args)
-            kind = "message" if published else "request"
+            else:  # a type registered beyond the built-in ones: its arguments only
+                payload = {
+                    "description": f"the arguments a {model.connection_type} carries (its "
+                    "envelope is not described here)",
+                    "allOf": [args],
+                }
             sent = self._message(messages, seen, f"{end.key}.{kind}", payload)
             operation: dict[str, Any] = {
                 "action": "send" if _sends(model) else "receive",
