@@ -476,3 +476,55 @@ def test_a_registered_connection_type_is_described_without_an_invented_envelope(
     binding = document["operations"]["sink.jobs"]["bindings"]["x-zmq"]
     assert binding == {"connectionType": "drain", "role": "bind"}  # no socket type invented
     assert "bindings" not in document["channels"]["jobs"]  # nor a pattern
+
+
+def test_ends_whose_models_differ_only_in_a_key_named_title_get_a_message_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(
+        tmp_path,
+        "asker.py",
+        """
+        connection_models = {"out": {"ask": {
+            "connection_type": "requester",
+            "required_arguments": {"title": str},
+            "required_return_arguments": {"ok": bool},
+        }}}
+        """,
+    )
+    write(
+        tmp_path,
+        "teller.py",
+        """
+        def on(args, to_send, config):
+            return {"ok": True}
+
+        connection_models = {"in": {"ask": {
+            "connection_type": "replyer",
+            "required_creation_arguments": {"connection_function": on},
+            "required_arguments": {"title": int},
+            "required_return_arguments": {"ok": bool},
+        }}}
+        """,
+    )
+    topology = write(
+        tmp_path,
+        "system.toml",
+        """
+        links = ["asker.ask -> teller.ask"]
+        [services.asker]
+        file = "asker.py"
+        [services.teller]
+        file = "teller.py"
+        """,
+    )
+    document = run([str(topology)], capsys)
+    assert_valid_asyncapi(document)
+    messages = document["channels"]["asker.ask__teller.ask"]["messages"]
+    # The requests differ; the replies agree and are one message.
+    assert list(messages) == [
+        "teller.ask.request",
+        "teller.ask.reply",
+        "error",
+        "asker.ask.request",
+    ]

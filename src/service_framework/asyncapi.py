@@ -237,7 +237,12 @@ class _Schemas:
                     if name in stack or name not in self.components:
                         return {"$ref": name}  # a recursive class: compare by name
                     return inline(self.components[name], (*stack, name))
-                return {k: inline(v, stack) for k, v in node.items() if k != "title"}
+                # A "title" keyword is a string; a property called "title" is a schema.
+                return {
+                    k: inline(v, stack)
+                    for k, v in node.items()
+                    if not (k == "title" and isinstance(v, str))
+                }
             if isinstance(node, list):
                 return [inline(item, stack) for item in node]
             return node
