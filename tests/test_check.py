@@ -407,6 +407,27 @@ def test_curve_on_one_end_only_and_unauthorized_clients(tmp_path: Path) -> None:
     assert findings(path) == []
 
 
+def test_a_connector_whose_binders_have_different_curve_keys(tmp_path: Path) -> None:
+    for name in ("b", "c"):
+        create_keypair(tmp_path / "keys", name)
+    create_keypair(tmp_path / "keys" / "clients", "a")
+    services = {
+        "a": service(out=requester("give", "'required_arguments': {}")),
+        "b": service(in_=replyer("take", "'required_arguments': {}")),
+        "c": service(in_=replyer("take", "'required_arguments': {}")),
+    }
+    path = system(tmp_path, ["a.give -> b.take", "a.give -> c.take"], services)
+    text = path.read_text()
+    for name in ("a", "b", "c"):
+        secret = "keys/clients/a.key_secret" if name == "a" else f"keys/{name}.key_secret"
+        curve = f'curve = {{secret_key = "{secret}", authorized_keys = "keys/clients"}}\n'
+        text = text.replace(f'file = "{name}.py"\n', f'file = "{name}.py"\n{curve}')
+    path.write_text(text)
+    finding = only(path)
+    assert finding.code == "curve-mismatch"
+    assert finding.ends == ("a.give", "b.take", "c.take")
+
+
 def test_nested_typed_dicts_drop_unknown_keys_so_they_are_not_reported() -> None:
     from typing import TypedDict
 
@@ -472,3 +493,50 @@ def test_cli_prints_the_schema() -> None:
     printed = run_cli("check", "--schema")
     assert printed.returncode == 0
     assert json.loads(printed.stdout) == topo.topology_schema()
+
+
+# --------------------------------------------------------------------------- inline
+
+
+def test_inline_services_warn_about_and_report_model_findings(tmp_path: Path, caplog) -> None:
+    from service_framework import InlineServices
+
+    (tmp_path / "asker.py").write_text(
+        service(
+            out=requester("give", "'required_arguments': {'qty': float}")
+            + requester("spare", "'required_arguments': {}")
+        )
+        + "\ndef main(to_send, config):\n    return to_send('give', {'qty': 2.0})\n"
+    )
+    (tmp_path / "taker.py").write_text(
+        service(in_=replyer("take", "'required_arguments': {'qty': int}"))
+    )
+    inline = InlineServices(console_loglevel=None)
+    inline.set_main_service("a", str(tmp_path / "asker.py"))
+    inline.add_service("b", str(tmp_path / "taker.py"))
+    with caplog.at_level("WARNING", logger="service_framework"):
+        inline.add_relation("a", "give", "b", "take")
+    assert "relation a.give -> b.take: arguments: at $.qty a.give may send float" in caplog.text
+    found = {f.code: f for f in inline.check()}
+    assert set(found) == {"type-mismatch", "unlinked"}
+    assert found["type-mismatch"].ends == ("a.give", "b.take")
+    assert found["unlinked"].ends == ("a.spare",)
+    # A warning, not a refusal: the relation works for values both sides accept...
+    with pytest.raises(Exception, match=r"expected int, got float at \$\.qty"):
+        inline.start()  # ...and the receiver still refuses the ones it does not.
+
+
+def test_inline_services_with_matching_models_check_clean(tmp_path: Path) -> None:
+    from service_framework import InlineServices
+
+    (tmp_path / "asker.py").write_text(
+        service(out=requester("give", "'required_arguments': {'qty': int}"))
+    )
+    (tmp_path / "taker.py").write_text(
+        service(in_=replyer("take", "'required_arguments': {'qty': float}"))
+    )
+    inline = InlineServices(console_loglevel=None)
+    inline.add_service("a", str(tmp_path / "asker.py"))
+    inline.add_service("b", str(tmp_path / "taker.py"))
+    inline.add_relation("a", "give", "b", "take")
+    assert inline.check() == []

@@ -24,7 +24,8 @@ then every link is compared end to end. A finding names both ends
 ``unknown-address``    an explicit address names a connection the service does not declare
 ``duplicate-port``     two binders on one host bind the same port
 ``port-conflict``      the links to one binder give it different ports
-``curve-mismatch``     one end of a link uses CURVE and the other does not
+``curve-mismatch``     one end of a link uses CURVE and the other does not, or a
+                       connector's binders have different CURVE keys
 ``curve-error``        a service's CURVE key files cannot be read
 ``curve-unauthorized`` a connector's public key is not among the binder's authorized keys
 =====================  ===============================================================
@@ -220,6 +221,24 @@ def _curve(topology: Topology, wiring: Wiring) -> list[Finding]:
         except ServiceFrameworkError as exc:
             loaded[name] = None
             findings.append(Finding("curve-error", f"{name}: {exc}", (name,)))
+    # One addresses entry holds one server key: a connector linked to several binders
+    # needs them to share a key pair.
+    keys_of: dict[Endpoint, dict[str, Path]] = {}
+    for wire in wiring.wires:
+        b_spec = topology.services[wire.binder.service].curve
+        if b_spec is not None:
+            keys_of.setdefault(wire.connector, {})[str(wire.binder)] = b_spec.public_key
+    for connector, keys in keys_of.items():
+        if len(set(keys.values())) > 1:
+            binders = ", ".join(keys)
+            findings.append(
+                Finding(
+                    "curve-mismatch",
+                    f"{connector} connects to {binders}, which have different CURVE keys; "
+                    "a connecting address holds one server key, so give them one key pair",
+                    (str(connector), *keys),
+                )
+            )
     for wire in wiring.wires:
         binder, connector = wire.binder, wire.connector
         ends = (str(wire.link.source), str(wire.link.target))
