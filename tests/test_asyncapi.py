@@ -528,3 +528,55 @@ def test_ends_whose_models_differ_only_in_a_key_named_title_get_a_message_each(
         "error",
         "asker.ask.request",
     ]
+
+
+def test_rich_model_in_a_topology_is_valid_and_keeps_its_schemas(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path, "booker.py", RICH)
+    write(
+        tmp_path,
+        "client.py",
+        """
+        from decimal import Decimal
+        from typing import Literal
+
+        connection_models = {"out": {"book": {
+            "connection_type": "requester",
+            "required_arguments": {
+                "id": str,
+                "price": Decimal,
+                "legs": [(str, int)],
+                "account": {"owner": str, "limits": {"daily": Decimal}},
+                "side": Literal["buy", "sell"],
+                "venue": {"xnys", "xnas"},
+                "tags": list[str],
+                "pair": (str, str),
+            },
+            "optional_arguments": {"note": str, "expires": int | None},
+            "required_return_arguments": {"id": str, "fees": {str: Decimal}},
+            "optional_return_arguments": {"warnings": [str]},
+        }}}
+        """,
+    )
+    topology = write(
+        tmp_path,
+        "system.toml",
+        """
+        links = ["client.book -> booker.book"]
+        [services.booker]
+        file = "booker.py"
+        [services.client]
+        file = "client.py"
+        """,
+    )
+    document = run([str(topology)], capsys)
+    assert_valid_asyncapi(document)
+    # The same model at both ends: one request and one reply message, one set of schemas.
+    messages = document["channels"]["client.book__booker.book"]["messages"]
+    assert list(messages) == ["booker.book.request", "booker.book.reply", "error"]
+    schemas = document["components"]["schemas"]
+    assert not [name for name in schemas if name.startswith("client.")]
+    args = payload_validator(document, "#/components/schemas/booker.book.args")
+    assert args.is_valid(as_json(RICH_ARGS))
+    assert not args.is_valid(as_json({**RICH_ARGS, "pair": ["USD"]}))
