@@ -16,9 +16,11 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .asyncapi import main as _asyncapi_main
 from .check import main as _check_main
 from .config import flatten_seed_shape, load_json, parse_cli_pairs
 from .errors import AddressError, ServiceFrameworkError, StartupError
+from .graph import main as _graph_main
 from .security import Curve, create_keypair
 from .service import Service
 from .topology_run import main as _run_main
@@ -191,4 +193,6 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "keygen": _keygen,
     "check": _check_main,
     "run": _run_main,
+    "asyncapi": _asyncapi_main,
+    "graph": _graph_main,
 }
