@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -320,3 +323,37 @@ def test_endpoints_shape_as_the_readme_shows(write_service, services) -> None:
     for url in (*endpoints["in"]["quote"], *endpoints["out"]["prices"]):
         assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", url) and not url.endswith(":0"), url
     assert len(endpoints["in"]["quote"]) == len(endpoints["out"]["prices"]) == 1
+
+
+ENDS_WHILE_SERVING = """
+from service_framework import Service
+
+service = Service("pricing.py", addresses={"in": {"quote": {"replyer": "127.0.0.1:0"}}},
+                  config={"spread_bps": 7}, console_loglevel="WARNING")
+service.run_service()
+print(service.pid, service.endpoints["in"]["quote"][0], flush=True)
+print("script done", flush=True)
+"""
+
+
+def test_a_script_that_ends_waits_for_its_running_services(write_service, tmp_path, client) -> None:
+    write_service("pricing", PRICING)
+    script = run_script(tmp_path, ENDS_WHILE_SERVING)
+    child_pid = None
+    try:
+        assert script.stdout is not None
+        pid, address = script.stdout.readline().split()
+        child_pid = int(pid)
+        assert script.stdout.readline() == "script done\n"
+        # The script's own code is over; the service serves on, and the script waits.
+        runtime = client({"out": {"q": QUOTE_OUT}}, {"out": {"q": {"requester": address}}})
+        assert runtime.to_send("q", {"symbol": "BTC-USD"}) == {"price": 7}
+        assert script.poll() is None
+        os.kill(child_pid, signal.SIGTERM)  # the service stops: the script may end
+        assert script.wait(30) == 0
+    finally:
+        if child_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child_pid, signal.SIGKILL)
+        script.kill()
+        script.communicate(timeout=10)

@@ -19,6 +19,7 @@ return its exit code.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -56,6 +57,21 @@ _BOOTSTRAP = (
 # hooks: a Service started then comes from the file's top level, which would otherwise
 # start a process that imports the same file and starts another, without end.
 _LOADING_SERVICE_FILE = False
+
+# Background service processes not yet stopped. A script that ends while they run waits
+# for them, as multiprocessing does for its non-daemon processes (0.0.20 forked those):
+# a launch script may simply end after run_service() and leave its services serving.
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _wait_for_running_services() -> None:
+    try:
+        for process in list(_RUNNING):
+            process.wait()
+    except KeyboardInterrupt:  # Ctrl-C while waiting: stop what is left, then exit
+        for process in list(_RUNNING):
+            _terminate(process, 10.0)
 
 
 @dataclass(frozen=True)
@@ -191,6 +207,7 @@ class Service:
             finally:
                 ours.close()
             self._process = process
+            _RUNNING.add(process)
             self.ready.set()
 
     def stop_service(self) -> int | None:
@@ -205,7 +222,10 @@ class Service:
         if process is None:
             return None
         self.ready.clear()
-        return _terminate(process, self.stop_timeout_s)
+        try:
+            return _terminate(process, self.stop_timeout_s)
+        finally:
+            _RUNNING.discard(process)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for a background service to end; its exit code, or ``None`` on timeout."""
@@ -236,6 +256,8 @@ class Service:
         process = getattr(self, "_process", None)
         if process is not None and process.poll() is None:
             process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)  # reap it
 
     # ------------------------------------------------------------------ blocking
     def run_service_blocking(self) -> int:
