@@ -187,7 +187,7 @@ class Service:
             ours, theirs = socket.socketpair()
             try:
                 process = subprocess.Popen(
-                    [sys.executable, "-c", _BOOTSTRAP, json.dumps(sys.path), str(theirs.fileno())],
+                    [sys.executable, "-c", _BOOTSTRAP, _sys_path_json(), str(theirs.fileno())],
                     pass_fds=(theirs.fileno(),),
                     stdin=subprocess.DEVNULL,
                 )
@@ -198,7 +198,8 @@ class Service:
                 theirs.close()  # the child holds it now: EOF here means the child is gone
             self.ready.clear()
             try:
-                with contextlib.suppress(OSError):  # a child that died early: see below
+                ours.settimeout(self.start_timeout_s)  # a child that never reads
+                with contextlib.suppress(OSError):  # one that died early: see _await_ready
                     _send_frame(ours, payload)
                 self.endpoints = _await_ready(process, ours, self.start_timeout_s, launch.source)
             except BaseException:
@@ -337,6 +338,11 @@ class Service:
         if not path.is_file():
             raise StartupError(f"service file not found: {os.fspath(source)}")
         return os.fspath(path)
+
+
+def _sys_path_json() -> str:
+    # sys.path may hold Path objects (or, rarely, other things import ignores).
+    return json.dumps([os.fspath(p) for p in sys.path if isinstance(p, (str, os.PathLike))])
 
 
 def _refuse_while_loading() -> None:
