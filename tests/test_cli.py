@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -57,11 +58,14 @@ def run_cli(tmp_path: Path, *args: str, timeout: float = 30) -> subprocess.Compl
 
 def test_split_arguments_keeps_config_pairs_apart() -> None:
     known, extra = split_arguments(
-        ["-s", "x.py", "-symbol", "BTC", "--con", "5", "-m", "--depth=3", "-cl", "DEBUG"]
+        [
+            *("-s", "x.py", "-symbol", "BTC", "--con", "5", "-m", "--depth=3", "-cl", "DEBUG"),
+            *("venue", "X", "--offset", "-5"),
+        ]
     )
     # "-symbol" is not "-s ymbol", and "--con" does not abbreviate --config_path.
     assert known == ["-s", "x.py", "-m", "-cl", "DEBUG"]
-    assert extra == ["-symbol", "BTC", "--con", "5", "--depth=3"]
+    assert extra == ["-symbol", "BTC", "--con", "5", "--depth=3", "venue", "X", "--offset", "-5"]
 
 
 def test_help_lists_every_flag(tmp_path) -> None:
@@ -110,6 +114,16 @@ def test_help_lists_every_flag(tmp_path) -> None:
             {},
             ["-s", "echo.py", "--dangling"],
             "config key 'dangling' has no value (expected --dangling VALUE)",
+        ),
+        (
+            {},
+            ["-s", "echo.py", "dangling", "-a", "a.json"],
+            "config key 'dangling' has no value (expected dangling VALUE)",
+        ),
+        (
+            {},
+            ["-s", "echo.py", "--env_prefix", ""],
+            "env_prefix must not be empty (it would read every variable)",
         ),
     ],
 )
@@ -446,3 +460,55 @@ connection_models = {'out': {'ask': {
     router.send_multipart([peer, b"", msgspec.msgpack.encode(reply)])
     assert process.finish() == 128 + signal.SIGTERM
     assert process.stdout().splitlines() == ["handler got answered"]
+
+
+CONFIG_SOURCES = """
+import json
+config_model = {
+    'required': {'num': int, 'name': str},
+    'optional': {'flag': bool, 'from_file': str},
+}
+def main(to_send, config):
+    print(json.dumps(config, sort_keys=True))
+"""
+
+
+def test_config_from_the_environment_and_its_precedence(write_service, tmp_path, cli) -> None:
+    write_service("sources", CONFIG_SOURCES)
+    write_json(tmp_path / "cfg.json", {"num": 1, "name": "file", "from_file": "kept"})
+    env = {"APP_NUM": "3", "APP_NAME": "env", "APP_FLAG": "yes", "OTHER_NUM": "9"}
+    # file < environment < command line; environment strings are converted like CLI ones.
+    files = ("-s", "sources.py", "-m", "-c", "cfg.json")
+    both = cli(*files, "--env_prefix", "APP_", "--name", "cli", env=env)
+    assert both.finish() == 0, both.log()
+    assert json.loads(both.stdout()) == {"num": 3, "name": "cli", "flag": True, "from_file": "kept"}
+    # Without --env_prefix the environment is not config.
+    unprefixed = cli(*files, env=env)
+    assert unprefixed.finish() == 0, unprefixed.log()
+    assert json.loads(unprefixed.stdout()) == {"num": 1, "name": "file", "from_file": "kept"}
+    # Every prefixed variable is a key, checked by the config_model like any other.
+    strict = cli(*files, "--env_prefix", "APP_", env={**env, "APP_COLOUR": "red"})
+    assert strict.finish() == 2
+    assert strict.lines == [
+        "service_framework: error: sources: config: unexpected key 'colour' at $ "
+        "(allowed: 'num', 'name', 'flag', 'from_file')"
+    ]
+    bad = cli("-s", "sources.py", "-m", "--env_prefix", "APP_", env={**env, "APP_NUM": "x"})
+    assert bad.finish() == 2
+    assert "sources: config key 'num' has value 'x', which is not a valid int" in bad.log()
+
+
+def test_environment_config_maps_variable_names_to_keys() -> None:
+    from service_framework import ConfigError
+    from service_framework.config import environment_config
+
+    environ = {"APP_NUM_REQ": "10", "APP_Mixed": "x", "app_lower": "no", "HOME": "/root"}
+    # The prefix matches exactly; the rest of the name, lowercased, is the key.
+    assert environment_config("APP_", environ) == {"num_req": "10", "mixed": "x"}
+    assert environment_config("NONE_", environ) == {}
+    with pytest.raises(ConfigError, match="'APP_X' and 'APP_x' both give config key 'x'"):
+        environment_config("APP_", {"APP_x": "1", "APP_X": "2"})
+    with pytest.raises(ConfigError, match="'APP_' is the prefix alone"):
+        environment_config("APP_", {"APP_": "1"})
+    with pytest.raises(ConfigError, match="must not be empty"):
+        environment_config("", environ)

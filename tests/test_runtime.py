@@ -148,9 +148,19 @@ def test_a_hook_that_raises_is_named() -> None:
         start(module(config_model={}, setup_config=setup_config))
 
 
-def test_config_without_config_model_is_an_error() -> None:
-    with pytest.raises(ConfigError, match=r"config was given \('a'\) but the service declares"):
-        start(module(), config={"a": 1})
+def test_config_without_config_model_is_passed_through_and_setup_config_runs() -> None:
+    strings = {"n": "3"}
+    plain = start(module(), config={"a": 1, **strings}, cli_strings=strings)
+    assert plain.prepared is not None
+    assert plain.prepared.config == {"a": 1, "n": "3"}  # unvalidated, strings stay strings
+
+    def setup_config(config: dict[str, Any]) -> dict[str, Any]:
+        return {"b": config.get("a", 0) + 1}
+
+    hooked = start(module(setup_config=setup_config), config={"a": 1})
+    assert hooked.prepared is not None and hooked.prepared.config == {"a": 1, "b": 2}
+    with pytest.raises(HookError, match="svc: setup_config must return a dict"):
+        start(module(setup_config=lambda config: None))
 
 
 def test_config_is_validated_against_the_model() -> None:

@@ -1,8 +1,10 @@
 """``service_framework`` / ``python -m service_framework``: run one service.
 
 Argument parsing only: every framework flag is listed below; anything else is
-``--key value`` (or ``-key value``, ``--key=value``) config. A start-up error prints one
-line, ``service_framework: error: ...``, and exits 2 (``--traceback`` shows the trace).
+``--key value`` (or ``-key value``, ``--key=value``, a bare ``key value``) config.
+``--env_prefix P`` adds config from environment variables named ``P<KEY>``. A start-up
+error prints one line, ``service_framework: error: ...``, and exits 2 (``--traceback``
+shows the trace); ``--version`` prints the version.
 ``main`` raising exits 1 after logging its traceback; a clean or signalled stop exits 0.
 
 ``service_framework keygen DIR NAME`` creates a CURVE key pair (see ``security.py``).
@@ -11,15 +13,23 @@ line, ``service_framework: error: ...``, and exits 2 (``--traceback`` shows the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import __version__
 from .asyncapi import main as _asyncapi_main
 from .check import main as _check_main
-from .config import flatten_seed_shape, load_json, parse_cli_pairs
-from .errors import AddressError, ServiceFrameworkError, StartupError
+from .config import (
+    dangling_key_message,
+    environment_config,
+    flatten_seed_shape,
+    load_json,
+    parse_cli_pairs,
+)
+from .errors import AddressError, ConfigError, ServiceFrameworkError, StartupError
 from .graph import main as _graph_main
 from .security import Curve, create_keypair
 from .service import Service
@@ -41,6 +51,8 @@ _FLAGS: dict[str, bool] = {
     "-bc": True, "--backup_count": True,
     "-l": True, "--log_path": True,
     "-h": False, "--help": False,
+    "--version": False,
+    "--env_prefix": True,
     "--traceback": False,
     "--curve_secret_key": True,
     "--curve_authorized_keys": True,
@@ -52,14 +64,21 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Run a service: a Python module declaring config_model and connection_models.",
-        epilog="Any other --key value pair is added to the service's config. "
+        epilog="Any other --key value (or bare key value) pair is added to the service's "
+        "config. "
         f"'{PROG} keygen DIR NAME' creates a CURVE key pair.",
         allow_abbrev=False,
     )
     add = parser.add_argument
+    add("--version", action="version", version=f"%(prog)s {__version__}")
     add("-s", "--service_path", help="path of the service's .py file")
     add("-a", "--addresses_path", help="path of the addresses JSON file")
     add("-c", "--config_path", help="path of the config JSON file")
+    add(
+        "--env_prefix",
+        help="read config from environment variables starting with this prefix "
+        "(APP_NUM=3 -> num; precedence: file < environment < command line)",
+    )
     add("-m", "--main_mode", action="store_true", help="run the service's main(to_send, config)")
     add(
         "-wt",
@@ -84,10 +103,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Separate framework flags from ``--key value`` config pairs.
+    """Separate framework flags from config pairs (``--key value``, ``-key value``,
+    ``--key=value`` or, as 0.0.20 accepted, a bare ``key value``).
 
     Done by hand rather than with ``parse_known_args``, which would read ``-symbol BTC``
-    as ``-s ymbol`` and let ``--con`` abbreviate ``--config_path``.
+    as ``-s ymbol`` and let ``--con`` abbreviate ``--config_path``. A config key takes
+    the next token as its value, unless that is a framework flag: ``num -m`` is a key
+    with no value, not ``num = "-m"``. A key with no value raises :class:`ConfigError`.
     """
     known: list[str] = []
     extra: list[str] = []
@@ -102,7 +124,9 @@ def split_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
                 i += 1
         else:
             extra.append(token)
-            if token.startswith("-") and not has_equals and i + 1 < len(argv):
+            if not has_equals and token not in {"-", "--"}:
+                if i + 1 >= len(argv) or argv[i + 1].partition("=")[0] in _FLAGS:
+                    raise ConfigError(dangling_key_message(token))
                 extra.append(argv[i + 1])
                 i += 1
         i += 1
@@ -121,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = SUBCOMMANDS.get(args_list[0]) if args_list else None
     if command is not None:
         return command(args_list[1:])
-    known, extra = split_arguments(args_list)
+    try:
+        known, extra = split_arguments(args_list)
+    except ConfigError as exc:
+        return _fail(str(exc), exc, "--traceback" in args_list)
     parser = _parser()
     args = parser.parse_args(known)
     show_tb = args.traceback
@@ -143,8 +170,13 @@ def _build(args: argparse.Namespace, extra: list[str]) -> Service:
     config: dict[str, Any] = {}
     if args.config_path:
         config = flatten_seed_shape(load_json(args.config_path, "config"))
-    cli_pairs = parse_cli_pairs(extra)
-    config.update(cli_pairs)
+    # Lowest precedence first: file < environment < command line. Strings from the
+    # environment and the command line are both converted by the config_model.
+    strings: dict[str, str] = {}
+    if args.env_prefix is not None:
+        strings.update(environment_config(args.env_prefix, os.environ))
+    strings.update(parse_cli_pairs(extra))
+    config.update(strings)
     addresses = None
     if args.addresses_path:
         addresses = load_json(args.addresses_path, "addresses", AddressError)
@@ -165,7 +197,7 @@ def _build(args: argparse.Namespace, extra: list[str]) -> Service:
         backup_count=args.backup_count,
         service_loop_min_wait_time=args.service_loop_min_wait_time_s,
         curve=curve,
-        cli_strings=cli_pairs,
+        cli_strings=strings,
     )
 
 

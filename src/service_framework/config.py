@@ -1,11 +1,12 @@
 """Config and addresses: files, command-line pairs, conversion of strings.
 
-Config sources, lowest precedence first: the config JSON file (``-c``), then extra
-command-line pairs (``--key value`` or ``-key value``), then the ``config=`` argument of
-the object API. A file in the seed's ``{"required": {...}, "optional": {...}}`` shape is
-flattened into one dict.
+Config sources, lowest precedence first: the config JSON file (``-c``), then the
+environment (variables with the ``--env_prefix`` prefix), then extra command-line pairs
+(``--key value``, ``-key value``, ``--key=value`` or a bare ``key value``), then the
+``config=`` argument of the object API. A file in the seed's
+``{"required": {...}, "optional": {...}}`` shape is flattened into one dict.
 
-Command-line values arrive as strings. Where ``config_model`` declares a non-string
+Command-line and environment values arrive as strings. Where ``config_model`` declares a non-string
 type, the string is converted: ``int``, ``float``, ``Decimal``, ``UUID``, ``bool``
 (``true/false/yes/no/on/off/1/0``), ``None`` for optional types (``none``/``null``), and
 JSON for lists, tuples, sets and dicts. A value that a ``setup_config`` hook already
@@ -39,6 +40,8 @@ from .validation import (
 
 __all__ = [
     "coerce_strings",
+    "dangling_key_message",
+    "environment_config",
     "flatten_seed_shape",
     "load_json",
     "parse_cli_pairs",
@@ -81,13 +84,19 @@ def flatten_seed_shape(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def parse_cli_pairs(tokens: Iterable[str]) -> dict[str, str]:
-    """``['--symbol', 'BTC', '-qty', '3', '--side=buy']`` -> ``{'symbol': 'BTC', ...}``."""
+    """Config pairs from the command line -> ``{key: value}`` (values stay strings).
+
+    ``['--symbol', 'BTC', '-qty', '3', '--side=buy', 'venue', 'X']`` ->
+    ``{'symbol': 'BTC', 'qty': '3', 'side': 'buy', 'venue': 'X'}``. A key may be written
+    ``--key``, ``-key`` or, as 0.0.20 accepted, bare; ``key=value`` works in each form.
+    The token after a key is its value whatever it looks like (``--offset -5``).
+    """
     config: dict[str, str] = {}
     items = list(tokens)
     i = 0
     while i < len(items):
         token = items[i]
-        if not token.startswith("-") or token in {"-", "--"}:
+        if token in {"-", "--"}:
             raise ConfigError(f"unexpected argument {token!r}: config is given as --key value")
         key = token.lstrip("-")
         if "=" in key:
@@ -95,12 +104,49 @@ def parse_cli_pairs(tokens: Iterable[str]) -> dict[str, str]:
             i += 1
         else:
             if i + 1 >= len(items):
-                raise ConfigError(f"config key {key!r} has no value (expected --{key} VALUE)")
+                raise ConfigError(dangling_key_message(token))
             value = items[i + 1]
             i += 2
         if not key:
             raise ConfigError(f"empty config key in {token!r}")
         config[key] = value
+    return config
+
+
+def dangling_key_message(token: str) -> str:
+    """The error for a config key given without a value."""
+    key = token.lstrip("-")
+    return f"config key {key!r} has no value (expected {token} VALUE)"
+
+
+def environment_config(prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The config keys that environment variables starting with ``prefix`` give.
+
+    ``environment_config('APP_', {'APP_NUM_REQ_TO_SEND': '10', 'HOME': '/root'})`` ->
+    ``{'num_req_to_send': '10'}``: the prefix is matched exactly (case-sensitive, as
+    POSIX variable names are), stripped, and the rest lowercased, because config keys
+    are snake_case while variables are conventionally upper case. The values stay
+    strings; like command-line values, they are converted where ``config_model``
+    declares another type (pass them as ``cli_strings``). An empty prefix would turn
+    the whole environment into config, so it is refused, as is a variable that is the
+    prefix alone and two variables that name the same key.
+    """
+    if not prefix:
+        raise ConfigError("env_prefix must not be empty (it would read every variable)")
+    config: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for name in sorted(environ):
+        if not name.startswith(prefix):
+            continue
+        key = name[len(prefix) :].lower()
+        if not key:
+            raise ConfigError(f"environment variable {name!r} is the prefix alone: no config key")
+        if key in names:
+            raise ConfigError(
+                f"environment variables {names[key]!r} and {name!r} both give config key {key!r}"
+            )
+        names[key] = name
+        config[key] = environ[name]
     return config
 
 

@@ -100,14 +100,41 @@ class UnknownConnectionError(ServiceFrameworkError, KeyError):
 
 
 class RequestTimeout(ServiceFrameworkError, TimeoutError):
-    """No reply arrived within ``timeout_s`` after every retry."""
+    """No reply arrived within ``timeout_s`` after every retry.
+
+    ``workflow_id`` is the id the request was sent with, so the failure can be matched
+    to the replyer's log lines; the message ends with ``[workflow <id>]``.
+    """
+
+    def __init__(self, message: str, *, workflow_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.workflow_id = workflow_id
+
+    def __str__(self) -> str:
+        # Composed when read: the id may be attached after construction, where the
+        # timeout is raised deeper than the code that knows the request's id.
+        return _with_workflow(self.message, self.workflow_id)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_request_timeout, (self.message, self.workflow_id))
+
+
+def _rebuild_request_timeout(message: str, workflow_id: str | None) -> RequestTimeout:
+    return RequestTimeout(message, workflow_id=workflow_id)
+
+
+def _with_workflow(message: str, workflow_id: str | None) -> str:
+    return f"{message} [workflow {workflow_id}]" if workflow_id else message
 
 
 class RemoteError(ServiceFrameworkError, RuntimeError):
     """The far side answered with an error instead of a reply.
 
     ``remote_type`` is the exception class name on the far side (``"ValidationError"``,
-    ``"KeyError"``, ...) and ``remote_message`` its message.
+    ``"KeyError"``, ...) and ``remote_message`` its message. ``workflow_id`` is the id the
+    request carried - the one in the far side's log line about the failure - and the
+    message ends with ``[workflow <id>]``.
     """
 
     def __init__(
@@ -123,7 +150,9 @@ class RemoteError(ServiceFrameworkError, RuntimeError):
         self.connection = connection
         self.workflow_id = workflow_id
         where = f"{connection}: " if connection else ""
-        super().__init__(f"{where}remote {remote_type}: {remote_message}")
+        super().__init__(
+            _with_workflow(f"{where}remote {remote_type}: {remote_message}", workflow_id)
+        )
 
     def __reduce__(self) -> tuple[object, ...]:
         return (

@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any
 
 from .config import coerce_strings, flatten_seed_shape
-from .errors import ConfigError, HookError, StartupError
+from .errors import HookError, StartupError
 from .models import ServiceModels, parse_config_model, parse_connection_models
 
 __all__ = ["PreparedService", "call_hook", "load_module", "prepare_service", "service_name"]
@@ -179,27 +179,29 @@ def prepare_service(
 ) -> PreparedService:
     """Run the config and model hooks and parse everything.
 
-    ``cli_strings`` are the config values that came from the command line as strings
-    (they are converted where ``config_model`` declares another type).
+    ``setup_config`` runs first when the module defines it. With a ``config_model`` the
+    result is converted and validated; without one it is passed through unvalidated.
+    ``cli_strings`` are the config values that came from the command line or the
+    environment as strings (converted where ``config_model`` declares another type).
     """
     service = name or service_name(module)
     merged = flatten_seed_shape(config or {})
     validator = None
     if hasattr(module, "config_model"):
         validator = parse_config_model(service, module.config_model)
-        if hasattr(module, "setup_config"):
-            result = _expect_mapping(
-                service, "setup_config", call_hook(service, module, "setup_config", merged)
-            )
-            merged = {**merged, **flatten_seed_shape(result)}
+    # setup_config runs whenever the module defines it, config_model or not (SPEC 5;
+    # 0.0.20 ran it only with a config_model, and its own inline example relied on more).
+    if hasattr(module, "setup_config"):
+        result = _expect_mapping(
+            service, "setup_config", call_hook(service, module, "setup_config", merged)
+        )
+        merged = {**merged, **flatten_seed_shape(result)}
+    if validator is not None:
         if cli_strings:
             merged = coerce_strings(service, merged, cli_strings, validator.node)
         validator(merged)
-    elif merged:
-        keys = ", ".join(map(repr, sorted(merged)))
-        raise ConfigError(
-            f"{service}: config was given ({keys}) but the service declares no config_model"
-        )
+    # Without a config_model the config is the service's own business: passed through
+    # unvalidated, command-line strings left as strings.
     models_source: Any = getattr(module, "connection_models", {})
     if hasattr(module, "setup_connection_models"):
         models_source = _expect_mapping(

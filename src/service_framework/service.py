@@ -1,27 +1,44 @@
 """The ``Service`` object: run a service in a background process or right here.
 
-``run_service()`` / ``run_service_as_main()`` start a fresh interpreter (the ``spawn``
-start method: no inherited sockets, threads or locks) and return once the service is
-ready to serve - connections open and ``init_function`` done - or raise the start-up
-error the child hit. ``stop_service()`` sends SIGTERM (a graceful stop), then SIGKILL
-after ``stop_timeout_s``. The ``*_blocking`` variants run the service in this process
-and return its exit code.
+``run_service()`` / ``run_service_as_main()`` start a fresh interpreter (no inherited
+sockets, threads or locks) and return once the service is ready to serve - connections
+open and ``init_function`` done - or raise the start-up error the child hit.
+
+The child is started with ``subprocess`` rather than ``multiprocessing``'s ``spawn``:
+``spawn`` re-imports the parent's ``__main__`` in the child before any of our code runs,
+so a launch script without an ``if __name__ == "__main__":`` guard dies there with a
+bootstrapping ``RuntimeError`` that only the child's stderr ever sees. Our child imports
+nothing but the framework and the service file, and everything it does - rebuilding
+its arguments included - runs inside code that reports failures to the parent over a
+socket pair, so the parent's :class:`StartupError` carries the child's own error.
+
+``stop_service()`` sends SIGTERM (a graceful stop), then SIGKILL after
+``stop_timeout_s``. The ``*_blocking`` variants run the service in this process and
+return its exit code.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
-import multiprocessing
+import json
 import os
+import pickle
+import select
 import signal
+import socket
+import struct
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from multiprocessing.connection import Connection as Pipe
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from .config import environment_config
 from .errors import StartupError, ValidationError
 from .logs import configure_logging
 from .runtime import RunOptions, ServiceRuntime
@@ -29,7 +46,32 @@ from .security import Curve
 
 __all__ = ["Service"]
 
-_SPAWN = multiprocessing.get_context("spawn")
+# The child's first code: take the parent's sys.path (so the same framework and the
+# user's modules import), then hand over to _child_main with the socket's descriptor.
+_BOOTSTRAP = (
+    "import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+    "from service_framework.service import _child_main; _child_main(int(sys.argv[2]))"
+)
+
+# True in a service process while it imports its service file and runs the start-up
+# hooks: a Service started then comes from the file's top level, which would otherwise
+# start a process that imports the same file and starts another, without end.
+_LOADING_SERVICE_FILE = False
+
+# Background service processes not yet stopped. A script that ends while they run waits
+# for them, as multiprocessing does for its non-daemon processes (0.0.20 forked those):
+# a launch script may simply end after run_service() and leave its services serving.
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _wait_for_running_services() -> None:
+    try:
+        for process in list(_RUNNING):
+            process.wait()
+    except KeyboardInterrupt:  # Ctrl-C while waiting: stop what is left, then exit
+        for process in list(_RUNNING):
+            _terminate(process, 10.0)
 
 
 @dataclass(frozen=True)
@@ -42,6 +84,7 @@ class _Launch:
     cli_strings: dict[str, str] | None
     options: RunOptions
     logging: dict[str, Any]
+    argv: list[str]  # the parent's sys.argv, which the service sees as its own
 
 
 class Service:
@@ -51,7 +94,9 @@ class Service:
     console_loglevel='INFO', log_path=None, file_loglevel='INFO', backup_count=24,
     service_loop_min_wait_time=0)``; the first positional argument may be a path or a
     module, and ``service_loop_min_wait_time_s`` is accepted as the 0.0.20 name.
-    ``curve`` turns on CURVE for every socket (see ``security.Curve``).
+    ``curve`` turns on CURVE for every socket (see ``security.Curve``). ``env_prefix``
+    adds config from environment variables (``APP_NUM=3`` -> ``num``, converted like
+    command-line strings), read when the service starts; ``config=`` wins over them.
     """
 
     def __init__(
@@ -71,6 +116,7 @@ class Service:
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 10.0,
         cli_strings: Mapping[str, str] | None = None,
+        env_prefix: str | None = None,
     ) -> None:
         if service_path is not None and service_module is not None:
             raise ValueError("give service_path or service_module, not both")
@@ -98,7 +144,10 @@ class Service:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self._cli_strings = dict(cli_strings) if cli_strings else None
-        self._process: multiprocessing.process.BaseProcess | None = None
+        if env_prefix is not None and not env_prefix:
+            raise ValueError("env_prefix must not be empty (it would read every variable)")
+        self.env_prefix = env_prefix
+        self._process: subprocess.Popen[bytes] | None = None
         self._runtime: ServiceRuntime | None = None
         self._lock = threading.Lock()
         self.endpoints: dict[str, dict[str, list[str]]] = {}
@@ -120,32 +169,46 @@ class Service:
         self._start_background(main_mode=True)
 
     def _start_background(self, *, main_mode: bool) -> None:
+        _refuse_while_loading()
         with self._lock:
             if self.is_running:
                 raise RuntimeError(f"{self!r} is already running; stop it first")
+            config, strings = self._config_and_strings()
             launch = _Launch(
                 source=self._source_path(),
-                config=self.config,
+                config=config,
                 addresses=self.addresses,
-                cli_strings=self._cli_strings,
+                cli_strings=strings,
                 options=self._options(main_mode),
                 logging=self._logging,
+                argv=list(sys.argv),
             )
-            parent, child = _SPAWN.Pipe(duplex=False)
-            process = _SPAWN.Process(
-                target=_child_main, args=(launch, child), name=f"service:{Path(launch.source).stem}"
-            )
-            process.start()
-            child.close()
+            payload = _pickled_launch(launch)
+            ours, theirs = socket.socketpair()
+            try:
+                process = subprocess.Popen(
+                    [sys.executable, "-c", _BOOTSTRAP, _sys_path_json(), str(theirs.fileno())],
+                    pass_fds=(theirs.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                )
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()  # the child holds it now: EOF here means the child is gone
             self.ready.clear()
             try:
-                self.endpoints = _await_ready(process, parent, self.start_timeout_s)
+                ours.settimeout(self.start_timeout_s)  # a child that never reads
+                with contextlib.suppress(OSError):  # one that died early: see _await_ready
+                    _send_frame(ours, payload)
+                self.endpoints = _await_ready(process, ours, self.start_timeout_s, launch.source)
             except BaseException:
                 _terminate(process, self.stop_timeout_s)
                 raise
             finally:
-                parent.close()
+                ours.close()
             self._process = process
+            _RUNNING.add(process)
             self.ready.set()
 
     def stop_service(self) -> int | None:
@@ -160,20 +223,25 @@ class Service:
         if process is None:
             return None
         self.ready.clear()
-        return _terminate(process, self.stop_timeout_s)
+        try:
+            return _terminate(process, self.stop_timeout_s)
+        finally:
+            _RUNNING.discard(process)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for a background service to end; its exit code, or ``None`` on timeout."""
         process = self._process
         if process is None:
             return None
-        process.join(timeout)
-        return process.exitcode
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     @property
     def is_running(self) -> bool:
         process = self._process
-        return process is not None and process.is_alive()
+        return process is not None and process.poll() is None
 
     @property
     def pid(self) -> int | None:
@@ -187,8 +255,10 @@ class Service:
 
     def __del__(self) -> None:
         process = getattr(self, "_process", None)
-        if process is not None and process.is_alive():
+        if process is not None and process.poll() is None:
             process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)  # reap it
 
     # ------------------------------------------------------------------ blocking
     def run_service_blocking(self) -> int:
@@ -201,15 +271,17 @@ class Service:
         return self._run_here(main_mode=True)
 
     def _run_here(self, *, main_mode: bool) -> int:
+        _refuse_while_loading()
         with self._lock:
             if self._runtime is not None or self.is_running:
                 raise RuntimeError(f"{self!r} is already running")
+            config, strings = self._config_and_strings()
             configure_logging(**self._logging)
             runtime = ServiceRuntime(
                 self.source,
-                config=self.config,
+                config=config,
                 addresses=self.addresses,
-                cli_strings=self._cli_strings,
+                cli_strings=strings,
                 options=self._options(main_mode),
             )
             self._runtime = runtime
@@ -227,6 +299,18 @@ class Service:
             self.ready.clear()
 
     # ------------------------------------------------------------------ helpers
+    def _config_and_strings(self) -> tuple[dict[str, Any] | None, dict[str, str] | None]:
+        """The config to start with and which of its values are strings to convert:
+        the environment (with ``env_prefix``) below ``config=``."""
+        if self.env_prefix is None:
+            return self.config, self._cli_strings
+        from_env = environment_config(self.env_prefix, os.environ)
+        config = {**from_env, **(self.config or {})}
+        # A key that config= also gives keeps config='s value: coerce_strings converts
+        # only values that are still the very string listed here.
+        strings = {**from_env, **(self._cli_strings or {})}
+        return config or None, strings or None
+
     def _options(self, main_mode: bool) -> RunOptions:
         return RunOptions(
             main_mode=main_mode,
@@ -256,61 +340,180 @@ class Service:
         return os.fspath(path)
 
 
-def _child_main(launch: _Launch, pipe: Pipe) -> None:
-    """Entry point of a background service process."""
-    configure_logging(**launch.logging)
-    runtime = ServiceRuntime(
-        launch.source,
-        config=launch.config,
-        addresses=launch.addresses,
-        cli_strings=launch.cli_strings,
-        options=launch.options,
-    )
+def _sys_path_json() -> str:
+    # sys.path may hold Path objects (or, rarely, other things import ignores).
+    return json.dumps([os.fspath(p) for p in sys.path if isinstance(p, (str, os.PathLike))])
+
+
+def _refuse_while_loading() -> None:
+    if _LOADING_SERVICE_FILE:
+        raise RuntimeError(
+            "a Service was started while a service process was importing its service "
+            "file: put the code that starts services under "
+            "'if __name__ == \"__main__\":' so that importing the file does not start them"
+        )
+
+
+def _pickled_launch(launch: _Launch) -> bytes:
     try:
-        runtime.start()
+        return pickle.dumps(launch)
+    except Exception as exc:
+        raise StartupError(
+            f"{Path(launch.source).stem}: the config or addresses cannot be sent to a "
+            f"background process ({type(exc).__name__}: {exc}); use plain data, or "
+            "run_service_blocking() to run the service here"
+        ) from exc
+
+
+# Frames on the parent/child socket: an 8-byte length, then a pickle. Only this
+# process's own child is on the other end (a socket pair, never the network).
+_HEADER = struct.Struct("!Q")
+
+
+def _send_frame(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(_HEADER.pack(len(payload)) + payload)
+
+
+def _recv_exactly(sock: socket.socket, size: int, deadline: float | None) -> bytes | None:
+    """``size`` bytes, or ``None`` at EOF; ``TimeoutError`` at the deadline."""
+    chunks: list[bytes] = []
+    while size:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+                raise TimeoutError
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv_frame(sock: socket.socket, deadline: float | None = None) -> bytes | None:
+    header = _recv_exactly(sock, _HEADER.size, deadline)
+    if header is None:
+        return None
+    return _recv_exactly(sock, _HEADER.unpack(header)[0], deadline)
+
+
+def _report(sock: socket.socket, kind: str, payload: object) -> None:
+    """Tell the parent ``(kind, payload)``; an error that does not pickle is sent as its
+    text, and a parent that is gone is not an error."""
+    try:
+        data = pickle.dumps((kind, payload))
+    except Exception:
+        text = f"{type(payload).__name__}: {payload}" if isinstance(payload, BaseException) else ""
+        data = pickle.dumps((kind, StartupError(text or repr(payload))))
+    with contextlib.suppress(OSError):
+        _send_frame(sock, data)
+
+
+def _child_main(fd: int) -> None:
+    """Entry point of a background service process (see ``_BOOTSTRAP``).
+
+    Every failure up to readiness is sent to the parent as the error itself (start-up
+    errors) or a :class:`StartupError` naming the child's exception, then the child
+    exits non-zero.
+    """
+    global _LOADING_SERVICE_FILE
+    os.set_inheritable(fd, False)  # the service's own subprocesses must not hold it
+    channel = socket.socket(fileno=fd)
+    try:
+        frame = _recv_frame(channel)
+        if frame is None:
+            raise SystemExit(2)  # the parent is gone before sending anything
+        launch: _Launch = pickle.loads(frame)
+    except Exception as exc:
+        _report(
+            channel,
+            "error",
+            StartupError(
+                f"the service process could not rebuild the arguments it was given: "
+                f"{type(exc).__name__}: {exc} (objects in config or addresses must be "
+                "importable by the child; classes defined in a script run as __main__ "
+                "are not)"
+            ),
+        )
+        raise SystemExit(2) from None
+    sys.argv = launch.argv
+    try:
+        configure_logging(**launch.logging)
+        runtime = ServiceRuntime(
+            launch.source,
+            config=launch.config,
+            addresses=launch.addresses,
+            cli_strings=launch.cli_strings,
+            options=launch.options,
+        )
+        _LOADING_SERVICE_FILE = True
+        try:
+            runtime.start()
+        finally:
+            _LOADING_SERVICE_FILE = False
     except (StartupError, ValidationError) as exc:
-        pipe.send(("error", exc))
-        pipe.close()
+        _report(channel, "error", exc)
+        channel.close()
         raise SystemExit(2) from None
     except BaseException as exc:
-        pipe.send(("error", StartupError(f"{type(exc).__name__}: {exc}")))
-        pipe.close()
+        _report(channel, "error", StartupError(f"{type(exc).__name__}: {exc}"))
+        channel.close()
         raise
 
     def ready(rt: ServiceRuntime) -> None:
-        pipe.send(("ready", rt.endpoints()))
-        pipe.close()
+        _report(channel, "ready", rt.endpoints())
+        channel.close()
 
     code = runtime.run(on_ready=ready)
     raise SystemExit(code)
 
 
 def _await_ready(
-    process: multiprocessing.process.BaseProcess, pipe: Pipe, timeout_s: float
+    process: subprocess.Popen[bytes], sock: socket.socket, timeout_s: float, source: str
 ) -> dict[str, dict[str, list[str]]]:
-    if not pipe.poll(timeout_s):
-        raise StartupError(f"service process did not become ready within {timeout_s:g}s")
     try:
-        kind, payload = pipe.recv()
-    except EOFError:
-        process.join(5)
+        frame = _recv_frame(sock, time.monotonic() + timeout_s)
+    except TimeoutError:
         raise StartupError(
-            f"service process exited (code {process.exitcode}) before it was ready; see its log"
+            f"service process for {source} did not become ready within {timeout_s:g}s"
         ) from None
+    if frame is None:
+        # It ended without a word: killed, os._exit(), a crash in C code. What it wrote
+        # went to this process's stderr, which it shares.
+        try:
+            code = process.wait(5)
+        except subprocess.TimeoutExpired:
+            code = None
+        raise StartupError(
+            f"service process for {source} {_ended(code)} before it was ready, without "
+            "reporting an error (its output went to stderr)"
+        )
+    kind, payload = pickle.loads(frame)
     if kind == "error":
-        process.join(5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5)
         raise payload
     return payload  # type: ignore[no-any-return]
 
 
-def _terminate(process: multiprocessing.process.BaseProcess, timeout_s: float) -> int | None:
-    if process.is_alive() and process.pid is not None:
+def _ended(code: int | None) -> str:
+    if code is None:
+        return "stopped answering"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> int | None:
+    if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGTERM)
-        process.join(timeout_s)
-        if process.is_alive():
+            process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
             process.kill()
-            process.join(5)
-    else:
-        process.join(0)
-    return process.exitcode
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
+    return process.returncode

@@ -105,10 +105,14 @@ class Requester(OutboundConnection):
         if not lock.acquire(False) and not lock.acquire(timeout=self.timeout_s * attempts):
             raise RequestTimeout(
                 f"{self.env.service}: connection '{self.name}' stayed busy for "
-                f"{self.timeout_s * attempts:g}s (another thread is waiting on it)"
+                f"{self.timeout_s * attempts:g}s (another thread is waiting on it)",
+                workflow_id=workflow_id,
             )
         try:
             reply = self._exchange(frame, attempts)
+        except RequestTimeout as exc:
+            exc.workflow_id = workflow_id  # to match the replyer's log lines
+            raise
         finally:
             lock.release()
         return self._result(reply, workflow_id)
