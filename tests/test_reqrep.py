@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from decimal import Decimal
 from typing import Any
@@ -10,6 +11,7 @@ import msgspec
 import pytest
 import zmq
 
+from conftest import wait_until
 from service_framework import (
     RemoteError,
     RequestTimeout,
@@ -491,3 +493,79 @@ def test_an_oversized_request_is_refused_before_sending(sized) -> None:
     assert caller.to_send("sized", {"text": "small", "reply_bytes": 1}) == {"text": "x"}
     assert service.module.calls.get(timeout=5)["text"] == "small"
     assert service.module.calls.empty()
+
+
+SLOW_REPLYER = """
+import threading, time
+started = threading.Event()
+
+def on_request(args, to_send, config):
+    started.set()
+    time.sleep(0.2)  # the workload: a slow handler, so requests queue behind it
+    return {'text': args['text']}
+
+connection_models = {
+    'in': {
+        'reply': {
+            'connection_type': 'replyer',
+            'required_creation_arguments': {'connection_function': on_request},
+            'required_arguments': {'text': str},
+            'required_return_arguments': {'text': str},
+        }
+    }
+}
+"""
+
+
+def test_requests_still_queued_at_the_stop_timeout_get_a_stopping_error(
+    write_service, run_service, client
+) -> None:
+    service = run_service(
+        write_service("slow", SLOW_REPLYER),
+        addresses={"in": {"reply": {"replyer": "127.0.0.1:0"}}},
+        stop_timeout_s=0.5,
+    )
+    address = service.address("reply")
+    count = 20
+    model = {
+        "connection_type": "requester",
+        "optional_creation_arguments": {"timeout_s": 10},
+        "required_arguments": {"text": str},
+        "required_return_arguments": {"text": str},
+    }
+    # One requester connection per caller, so every request waits at the replyer's socket.
+    caller = client(
+        {"out": {f"c{i}": model for i in range(count)}},
+        {"out": {f"c{i}": {"requester": address} for i in range(count)}},
+    )
+    outcomes: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            outcomes[i] = caller.to_send(f"c{i}", {"text": str(i)})
+        except Exception as exc:  # judged below
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    stats = service.runtime.stats()["reply"]
+    assert service.module.started.wait(10)
+    assert wait_until(lambda: stats.peers_connected >= count, 10), stats
+    service.stop()  # 0.5 s for 20 requests of 0.2 s each: most are still queued then
+    for thread in threads:
+        thread.join(15)
+    assert not any(thread.is_alive() for thread in threads), "a caller hung"
+    served = sorted(i for i, got in outcomes.items() if got == {"text": str(i)})
+    refused = sorted(
+        i
+        for i, got in outcomes.items()
+        if isinstance(got, RemoteError)
+        and got.remote_type == "ServiceStopping"
+        and "slow: stopping" in got.remote_message
+    )
+    # Every caller got its reply or the stopping error at once; none waited out its
+    # timeout (a RequestTimeout would be in neither list).
+    assert sorted(served + refused) == list(range(count)), outcomes
+    assert served and refused, outcomes
+    assert stats.handled == len(served) and stats.rejected == len(refused), stats

@@ -7,7 +7,9 @@ signal handlers, runs ``init_function``, and either serves (the loop) or runs ``
 in the foreground while the loop serves inbound connections in a background thread.
 
 Shutdown, on SIGINT/SIGTERM, ``stop()``, or ``main`` returning: the loop stops taking
-new messages and finishes (and replies to) the one in flight; the service's own signal
+new messages and finishes (and replies to) the one in flight; what has already arrived
+is handled until ``stop_timeout_s`` after the stop was asked, and a replyer answers
+the requests still queued then with a ``ServiceStopping`` error; the service's own signal
 handler runs; sockets close with a bounded linger; the context terminates under a
 watchdog. A second signal exits at once.
 """
@@ -59,7 +61,7 @@ class RunOptions:
     min_wait_s: float = 0.0  # minimum pause between loop turns while busy (rate limit)
     install_signals: bool = True  # only possible in the main thread
     curve: Curve | None = None
-    stop_timeout_s: float = 10.0  # bound on finishing in-flight work at shutdown
+    stop_timeout_s: float = 10.0  # bound on finishing queued work, from the stop request
 
 
 def make_to_send(
@@ -138,6 +140,7 @@ class ServiceRuntime:
         self._signals_seen = 0
         self._loop_thread: threading.Thread | None = None
         self._closed = False
+        self._stop_asked_at: float | None = None
 
     # ------------------------------------------------------------------ start-up
     @property
@@ -329,8 +332,11 @@ class ServiceRuntime:
                 self._serve_one(readers[0])
             else:
                 self._serve_many(readers)
-            # Stopped taking new work; handle (and answer) what has already arrived.
-            deadline = time.monotonic() + self.options.stop_timeout_s
+            # Stopped taking new work; handle (and answer) what has already arrived, for
+            # what is left of stop_timeout_s since the stop was asked (a replyer refuses
+            # whatever is still queued then, so no caller is left to time out).
+            asked = self._stop_asked_at if self._stop_asked_at is not None else time.monotonic()
+            deadline = asked + self.options.stop_timeout_s
             for connection in self.inbound.values():
                 try:
                     connection.finish(deadline)
@@ -404,6 +410,8 @@ class ServiceRuntime:
     # ------------------------------------------------------------------ stopping
     def stop(self) -> None:
         """Ask the service to stop (thread-safe; also safe from a signal handler)."""
+        if self._stop_asked_at is None:
+            self._stop_asked_at = time.monotonic()
         self.state.stopping = True
         if self._wake_w >= 0:
             with contextlib.suppress(BlockingIOError, OSError):

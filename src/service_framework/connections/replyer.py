@@ -43,9 +43,11 @@ class Replyer(InboundConnection):
     # (rcvhwm + 1) x max_message_bytes per connected peer. A peer beyond it is slowed
     # by TCP back-pressure, never dropped.
     socket_defaults: ClassVar[Mapping[str, int]] = {"rcvhwm": 8}
-    # At shutdown, how long refusing the requests still queued may take at most (each
-    # refusal is one small send; requests keep arriving while callers retry).
-    REFUSE_S: ClassVar[float] = 0.5
+    # At shutdown: how long refusing the requests still queued may take at most (each
+    # refusal is one small send; requests keep arriving while callers retry), and how
+    # long without a request ends it early (see _refuse_queued).
+    REFUSE_S: ClassVar[float] = 1.0
+    QUIET_S: ClassVar[float] = 0.1
 
     def __init__(self, model: Any, env: ConnectionEnv) -> None:
         super().__init__(model, env)
@@ -102,29 +104,42 @@ class Replyer(InboundConnection):
         return self.codec.encode_error("DecodeError", str(error), workflow_id)
 
     def finish(self, deadline: float) -> None:
+        received = self.stats.received
         super().finish(deadline)
-        self._refuse_queued()
+        self._refuse_queued(answered=self.stats.received != received)
 
-    def _refuse_queued(self) -> None:
+    def _refuse_queued(self, *, answered: bool) -> None:
         """Answer every request still queued with a ``ServiceStopping`` error, so its
-        caller fails at once instead of waiting out its timeout."""
+        caller fails at once instead of waiting out its timeout.
+
+        Once something was answered at shutdown, the socket stays open until no request
+        has come for ``QUIET_S`` (at most ``REFUSE_S`` in all): a requester drops a reply
+        it has not read yet when the connection closes (libzmq's ``IMMEDIATE`` discards
+        a closed pipe's unread messages), and requests already on their way are refused
+        rather than lost.
+        """
         sock = self.socket
         if sock is None:
             return
         message = f"{self.env.service}: stopping; the request was not handled"
+        stats, codec = self.stats, self.codec
         refused = 0
         until = time.monotonic() + self.REFUSE_S
-        while time.monotonic() < until:
+        while (left := until - time.monotonic()) > 0:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                break
-            self.stats.received += 1
-            self.stats.rejected += 1
+                if not (answered or refused):
+                    break
+                if not sock.poll(int(min(self.QUIET_S, left) * 1000) + 1, zmq.POLLIN):
+                    break
+                continue
+            stats.received += 1
+            stats.rejected += 1
             refused += 1
             self.drain_multipart(sock)
-            workflow_id = self.codec.workflow_id_of(frame)
-            sock.send(self.codec.encode_error("ServiceStopping", message, workflow_id))
+            workflow_id = codec.workflow_id_of(frame)
+            sock.send(codec.encode_error("ServiceStopping", message, workflow_id))
         if refused:
             self.env.log.warning(
                 "%s: connection '%s' answered %d queued request(s) with ServiceStopping "
