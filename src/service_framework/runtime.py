@@ -51,6 +51,7 @@ LOG = logging.getLogger("service_framework.runtime")
 _POLL_MS = 1000  # the polling loop re-checks its flags at least this often (the wake pipe
 # wakes it at once)
 _BLOCKING_RECV_MS = 100  # a single-socket loop notices a stop request within this
+_REFUSE_MARGIN_S = 2.0  # beyond stop_timeout_s, for refusing queued requests at shutdown
 
 
 @dataclass(frozen=True)
@@ -466,7 +467,9 @@ class ServiceRuntime:
         self.stop()
         thread = self._loop_thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(self.options.stop_timeout_s + 1.0)
+            # The loop finishes queued work until stop_timeout_s after the stop, then a
+            # replyer refuses what is left (at most a second, see Replyer.REFUSE_S).
+            thread.join(self.options.stop_timeout_s + _REFUSE_MARGIN_S)
             if thread.is_alive():
                 LOG.error(
                     "%s: a handler was still running after %gs; closing anyway",

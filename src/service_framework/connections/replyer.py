@@ -104,17 +104,16 @@ class Replyer(InboundConnection):
         return self.codec.encode_error("DecodeError", str(error), workflow_id)
 
     def finish(self, deadline: float) -> None:
-        received = self.stats.received
         super().finish(deadline)
-        self._refuse_queued(answered=self.stats.received != received)
+        self._refuse_queued(answered=self.stats.received > 0)
 
     def _refuse_queued(self, *, answered: bool) -> None:
         """Answer every request still queued with a ``ServiceStopping`` error, so its
         caller fails at once instead of waiting out its timeout.
 
-        Once something was answered at shutdown, the socket stays open until no request
-        has come for ``QUIET_S`` (at most ``REFUSE_S`` in all): a requester drops a reply
-        it has not read yet when the connection closes (libzmq's ``IMMEDIATE`` discards
+        A replyer that has answered anything keeps its socket open until no request has
+        come for ``QUIET_S`` (at most ``REFUSE_S`` in all): a requester drops a reply it
+        has not read yet when the connection closes (with ``IMMEDIATE`` libzmq discards
         a closed pipe's unread messages), and requests already on their way are refused
         rather than lost.
         """
