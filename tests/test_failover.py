@@ -197,7 +197,7 @@ def test_a_stopped_replyer_costs_a_caller_at_most_one_attempt(
             break
     assert seen == {"r0", "r1", "r2", "r3"}
     stats = caller.stats()["ask"]
-    assert stats.timeouts == 0
+    warm_timeouts = stats.timeouts  # 0, unless the machine kept a live replyer for 1 s
     paused = replyers[0].popen.pid
     os.kill(paused, signal.SIGSTOP)
     try:
@@ -208,4 +208,4 @@ def test_a_stopped_replyer_costs_a_caller_at_most_one_attempt(
     assert {reply["who"] for reply in served} <= {"r1", "r2", "r3"}
     # The one request that was already routed to the stopped replyer timed out once; the
     # fresh socket then never gets a pipe to it (its handshake cannot complete).
-    assert stats.timeouts <= 1, stats
+    assert stats.timeouts - warm_timeouts <= 1, stats
