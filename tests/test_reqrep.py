@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from conftest import wait_until
 from service_framework import (
     RemoteError,
     RequestTimeout,
@@ -173,14 +175,18 @@ def test_bad_requests_get_an_error_reply_and_never_reach_the_handler(
     assert replyer.runtime.stats()["reply"].rejected == 1
 
 
-def test_a_valid_request_with_extra_frames_is_answered_with_an_error(replyer, zctx) -> None:
-    # The first frame is handled like any request (a REP socket gives no cheaper way to
-    # know more frames follow); the caller still gets an error, never a wedged socket.
-    frame = MessageCodec.encode_request(ORDER, "w")
-    reply = raw_request(zctx, replyer.address("reply"), frame, b"extra")
+def test_a_valid_request_with_extra_frames_never_runs_the_handler(replyer, zctx) -> None:
+    # A retrying caller must not repeat a side effect for a request answered with an
+    # error: the extra frames are seen before the handler would run.
+    frame = MessageCodec.encode_request(ORDER, "w-multi")
+    reply = raw_request(zctx, replyer.address("reply"), frame, b"extra", b"more")
     assert reply["error"] == {"type": "DecodeError", "message": "a request must be a single frame"}
-    assert replyer.runtime.stats()["reply"].rejected == 1
+    assert reply["workflow_id"] == "w-multi"
+    assert replyer.module.calls.empty()
+    stats = replyer.runtime.stats()["reply"]
+    assert (stats.rejected, stats.handled, stats.failed) == (1, 0, 0)
     assert raw_request(zctx, replyer.address("reply"), frame)["return_args"]["total"] == 7.5
+    assert replyer.module.calls.get(timeout=5) == ORDER
 
 
 def test_error_reply_keeps_the_workflow_id_of_a_bad_request(replyer, zctx) -> None:
@@ -423,3 +429,151 @@ def test_requester_spreads_over_a_list_of_replyers(write_service, run_service, c
 def test_request_timeout_is_a_timeout_error() -> None:
     # Callers may catch the builtin: `except TimeoutError` covers a request that timed out.
     assert issubclass(RequestTimeout, TimeoutError)
+
+
+SIZED_REPLYER = """
+import queue
+calls = queue.Queue()
+
+def on_request(args, to_send, config):
+    calls.put(args)
+    return {'text': 'x' * args['reply_bytes']}
+
+connection_models = {
+    'in': {
+        'reply': {
+            'connection_type': 'replyer',
+            'required_creation_arguments': {'connection_function': on_request},
+            'optional_creation_arguments': {'socket_options': {'max_message_bytes': 4096}},
+            'required_arguments': {'text': str, 'reply_bytes': int},
+            'required_return_arguments': {'text': str},
+        }
+    }
+}
+"""
+
+
+@pytest.fixture
+def sized(write_service, run_service, client):
+    """A replyer and a requester that both cap messages at 4096 bytes."""
+    service = run_service(
+        write_service("sized", SIZED_REPLYER),
+        addresses={"in": {"reply": {"replyer": "127.0.0.1:0"}}},
+    )
+    models = {
+        "out": {
+            "sized": {
+                "connection_type": "requester",
+                "optional_creation_arguments": {
+                    "timeout_s": 5,
+                    "socket_options": {"max_message_bytes": 4096},
+                },
+                "required_arguments": {"text": str, "reply_bytes": int},
+                "required_return_arguments": {"text": str},
+            }
+        }
+    }
+    return service, client(models, {"out": {"sized": {"requester": service.address("reply")}}})
+
+
+def test_an_oversized_reply_reaches_the_caller_as_an_error(sized) -> None:
+    service, caller = sized
+    with pytest.raises(RemoteError) as caught:
+        caller.to_send("sized", {"text": "hi", "reply_bytes": 5000})
+    assert caught.value.remote_type == "ValidationError"
+    message = caught.value.remote_message
+    assert "reply is 50" in message and "max_message_bytes (4096)" in message
+    stats = service.runtime.stats()["reply"]
+    assert (stats.handled, stats.failed) == (0, 1)
+    # The connection is fine: the next, small reply comes back.
+    assert caller.to_send("sized", {"text": "hi", "reply_bytes": 10}) == {"text": "x" * 10}
+    assert service.runtime.stats()["reply"].handled == 1
+
+
+def test_an_oversized_request_is_refused_before_sending(sized) -> None:
+    service, caller = sized
+    with pytest.raises(ValidationError) as caught:
+        caller.to_send("sized", {"text": "y" * 5000, "reply_bytes": 1})
+    message = str(caught.value)
+    assert message.startswith("client: sized.args: the encoded request is 50")
+    assert "max_message_bytes (4096)" in message
+    assert caller.stats()["sized"].received == 0  # no attempt was made
+    assert caller.to_send("sized", {"text": "small", "reply_bytes": 1}) == {"text": "x"}
+    assert service.module.calls.get(timeout=5)["text"] == "small"
+    assert service.module.calls.empty()
+
+
+SLOW_REPLYER = """
+import threading, time
+started = threading.Event()
+
+def on_request(args, to_send, config):
+    started.set()
+    time.sleep(0.2)  # the workload: a slow handler, so requests queue behind it
+    return {'text': args['text']}
+
+connection_models = {
+    'in': {
+        'reply': {
+            'connection_type': 'replyer',
+            'required_creation_arguments': {'connection_function': on_request},
+            'required_arguments': {'text': str},
+            'required_return_arguments': {'text': str},
+        }
+    }
+}
+"""
+
+
+def test_requests_still_queued_at_the_stop_timeout_get_a_stopping_error(
+    write_service, run_service, client
+) -> None:
+    service = run_service(
+        write_service("slow", SLOW_REPLYER),
+        addresses={"in": {"reply": {"replyer": "127.0.0.1:0"}}},
+        stop_timeout_s=0.5,
+    )
+    address = service.address("reply")
+    count = 20
+    model = {
+        "connection_type": "requester",
+        "optional_creation_arguments": {"timeout_s": 10},
+        "required_arguments": {"text": str},
+        "required_return_arguments": {"text": str},
+    }
+    # One requester connection per caller, so every request waits at the replyer's socket.
+    caller = client(
+        {"out": {f"c{i}": model for i in range(count)}},
+        {"out": {f"c{i}": {"requester": address} for i in range(count)}},
+    )
+    outcomes: dict[int, object] = {}
+
+    def call(i: int) -> None:
+        try:
+            outcomes[i] = caller.to_send(f"c{i}", {"text": str(i)})
+        except Exception as exc:  # judged below
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,), daemon=True) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    stats = service.runtime.stats()["reply"]
+    assert service.module.started.wait(10)
+    assert wait_until(lambda: stats.peers_connected >= count, 10), stats
+    service.stop()  # 0.5 s for 20 requests of 0.2 s each: most are still queued then
+    for thread in threads:
+        thread.join(15)
+    assert not any(thread.is_alive() for thread in threads), "a caller hung"
+    served = sorted(i for i, got in outcomes.items() if got == {"text": str(i)})
+    refused = sorted(
+        i
+        for i, got in outcomes.items()
+        if isinstance(got, RemoteError)
+        and got.remote_type == "ServiceStopping"
+        and "slow: stopping" in got.remote_message
+    )
+    # Every caller got its reply or the stopping error at once; none waited out its
+    # timeout (a RequestTimeout would be in neither list).
+    assert sorted(served + refused) == list(range(count)), outcomes
+    assert served and refused, outcomes
+    assert stats.handled == len(served) and stats.rejected == len(refused), stats

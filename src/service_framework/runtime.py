@@ -7,7 +7,9 @@ signal handlers, runs ``init_function``, and either serves (the loop) or runs ``
 in the foreground while the loop serves inbound connections in a background thread.
 
 Shutdown, on SIGINT/SIGTERM, ``stop()``, or ``main`` returning: the loop stops taking
-new messages and finishes (and replies to) the one in flight; the service's own signal
+new messages and finishes (and replies to) the one in flight; what has already arrived
+is handled until ``stop_timeout_s`` after the stop was asked, and a replyer answers
+the requests still queued then with a ``ServiceStopping`` error; the service's own signal
 handler runs; sockets close with a bounded linger; the context terminates under a
 watchdog. The first signal restores the default action of SIGINT/SIGTERM, so a second
 one ends the process at once, whatever Python is doing.
@@ -50,6 +52,7 @@ LOG = logging.getLogger("service_framework.runtime")
 _POLL_MS = 1000  # the polling loop re-checks its flags at least this often (the wake pipe
 # wakes it at once)
 _BLOCKING_RECV_MS = 100  # a single-socket loop notices a stop request within this
+_REFUSE_MARGIN_S = 2.0  # beyond stop_timeout_s, for refusing queued requests at shutdown
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ class RunOptions:
     min_wait_s: float = 0.0  # minimum pause between loop turns while busy (rate limit)
     install_signals: bool = True  # only possible in the main thread
     curve: Curve | None = None
-    stop_timeout_s: float = 10.0  # bound on finishing in-flight work at shutdown
+    stop_timeout_s: float = 10.0  # bound on finishing queued work, from the stop request
 
 
 def make_to_send(
@@ -144,6 +147,7 @@ class ServiceRuntime:
         self._pending_signal: tuple[int, FrameType | None] | None = None
         self._loop_thread: threading.Thread | None = None
         self._closed = False
+        self._stop_asked_at: float | None = None
 
     # ------------------------------------------------------------------ start-up
     @property
@@ -337,8 +341,11 @@ class ServiceRuntime:
                 self._serve_one(readers[0])
             else:
                 self._serve_many(readers)
-            # Stopped taking new work; handle (and answer) what has already arrived.
-            deadline = time.monotonic() + self.options.stop_timeout_s
+            # Stopped taking new work; handle (and answer) what has already arrived, for
+            # what is left of stop_timeout_s since the stop was asked (a replyer refuses
+            # whatever is still queued then, so no caller is left to time out).
+            asked = self._stop_asked_at if self._stop_asked_at is not None else time.monotonic()
+            deadline = asked + self.options.stop_timeout_s
             for connection in self.inbound.values():
                 try:
                     connection.finish(deadline)
@@ -412,6 +419,8 @@ class ServiceRuntime:
     # ------------------------------------------------------------------ stopping
     def stop(self) -> None:
         """Ask the service to stop (thread-safe; also safe from a signal handler)."""
+        if self._stop_asked_at is None:
+            self._stop_asked_at = time.monotonic()
         self.state.stopping = True
         if self._wake_w >= 0:
             with contextlib.suppress(BlockingIOError, OSError):
@@ -472,7 +481,9 @@ class ServiceRuntime:
         self.stop()
         thread = self._loop_thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(self.options.stop_timeout_s + 1.0)
+            # The loop finishes queued work until stop_timeout_s after the stop, then a
+            # replyer refuses what is left (at most a second, see Replyer.REFUSE_S).
+            thread.join(self.options.stop_timeout_s + _REFUSE_MARGIN_S)
             if thread.is_alive():
                 LOG.error(
                     "%s: a handler was still running after %gs; closing anyway",

@@ -20,8 +20,11 @@ option                      default   why
 ``reconnect_ivl_max_ms``    5000      ...backing off exponentially up to this
 ==========================  ========  =====================================================
 
-Requesters additionally set ``IMMEDIATE`` (never queue a request onto a connection that
-has not completed) and per-attempt send/receive timeouts (see ``requester.py``).
+Connection types may have their own defaults (a replyer's ``rcvhwm`` is 8) and their
+own options: requesters additionally set ``IMMEDIATE`` (never queue a request onto a
+connection that has not completed) and per-attempt send/receive timeouts (see
+``requester.py``). All of them are set before the socket binds or connects
+(``Connection._socket``): libzmq applies them to a connection's pipe when it is made.
 """
 
 from __future__ import annotations

@@ -109,6 +109,9 @@ class Connection:
     ignored_creation_arguments: ClassVar[frozenset[str]] = frozenset()
     has_reply: ClassVar[bool] = False
     binds: ClassVar[bool] = False  # default for the connection's socket
+    # This type's defaults for ``socket_options`` keys, where they differ from
+    # ``SocketOptions``'s (the creation argument still overrides them).
+    socket_defaults: ClassVar[Mapping[str, int]] = {}
 
     def __init__(self, model: ConnectionModel, env: ConnectionEnv) -> None:
         self.model = model
@@ -116,7 +119,7 @@ class Connection:
         self.name = model.name
         self.stats = ConnectionStats()
         self.socket_options = SocketOptions.from_mapping(
-            model.creation_arguments.get("socket_options")
+            {**self.socket_defaults, **(model.creation_arguments.get("socket_options") or {})}
         )
         self.endpoints: list[str] = []
 
@@ -153,16 +156,31 @@ class Connection:
         return ()
 
     def _socket(
-        self, kind: int, addresses: Mapping[str, Any], key: str, *, monitored: bool = True
+        self,
+        kind: int,
+        addresses: Mapping[str, Any],
+        key: str,
+        *,
+        monitored: bool = True,
+        options: Mapping[int, int] | None = None,
     ) -> zmq.Socket[Any]:
-        """A new socket of ``kind`` with the safe defaults, security, monitoring (unless
-        ``monitored`` is false), bound or connected."""
+        """A new socket of ``kind`` with the safe defaults, then the type's own
+        ``options`` (zmq option -> value), security, monitoring (unless ``monitored`` is
+        false), bound or connected.
+
+        Every option is set here, before the socket binds or connects: libzmq reads
+        several of them (``IMMEDIATE``, the HWMs, ``MAXMSGSIZE``, heartbeats) only when a
+        connection's pipe is made, and ``connect`` makes it at once, so an option set
+        afterwards never reaches the pipes that already exist.
+        """
         bind = self.binding()
         endpoints = parse_endpoints(addresses[key], bind=bind, where=self.where(key))
         assert self.env.context is not None, "sockets need the runtime's zmq context"
         sock: zmq.Socket[Any] = self.env.context.socket(kind)
         try:
             self.socket_options.apply(sock)
+            for option, value in (options or {}).items():
+                sock.setsockopt(option, value)
             if self.env.curve is not None:
                 if bind:
                     self.env.curve.make_server(sock)

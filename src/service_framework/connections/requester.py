@@ -46,6 +46,7 @@ class Requester(OutboundConnection):
         self.timeout_s = float(args.get("timeout_s", self.DEFAULT_TIMEOUT_S))
         self.retries = int(args.get("retries", 0))
         self._timeout_ms = max(1, int(self.timeout_s * 1000))
+        self._max_bytes = self.socket_options.max_message_bytes
         self.codec = MessageCodec(
             model.args, model.returns, max_bytes=self.socket_options.max_message_bytes
         )
@@ -74,12 +75,20 @@ class Requester(OutboundConnection):
 
     def _fresh_socket(self) -> zmq.Socket[Any]:
         # Not monitored: each retry replaces the socket, and a timeout already says the
-        # peer is gone.
-        sock = self._socket(zmq.REQ, self._addresses, "requester", monitored=False)
-        sock.setsockopt(zmq.IMMEDIATE, 1)
-        sock.setsockopt(zmq.SNDTIMEO, self._timeout_ms)
-        sock.setsockopt(zmq.RCVTIMEO, self._timeout_ms)
-        return sock
+        # peer is gone. IMMEDIATE must be set before connecting (see Connection._socket):
+        # then a replyer that is down, or stopped mid-handshake, gets no pipe, and
+        # requests go only to replyers that completed a handshake.
+        return self._socket(
+            zmq.REQ,
+            self._addresses,
+            "requester",
+            monitored=False,
+            options={
+                zmq.IMMEDIATE: 1,
+                zmq.SNDTIMEO: self._timeout_ms,
+                zmq.RCVTIMEO: self._timeout_ms,
+            },
+        )
 
     def close(self) -> None:
         with self.lock:
@@ -97,6 +106,10 @@ class Requester(OutboundConnection):
             frame = self.codec.encode_request(args, workflow_id)
         except (TypeError, ValueError, OverflowError) as exc:
             raise self.unencodable(exc) from None
+        if len(frame) > self._max_bytes:
+            # The replyer's MAXMSGSIZE would drop the connection without a word, and the
+            # caller would wait out every attempt's timeout.
+            raise self.oversized(len(frame))
         if self.env.debug:
             self.env.log.debug("%s: sending on '%s' [%s]", self.env.service, self.name, workflow_id)
         attempts = self.retries + 1
@@ -116,6 +129,16 @@ class Requester(OutboundConnection):
         finally:
             lock.release()
         return self._result(reply, workflow_id)
+
+    def oversized(self, size: int) -> ValidationError:
+        """The error for a request whose encoding is over ``max_message_bytes``."""
+        return ValidationError(
+            f"the encoded request is {size} bytes, over max_message_bytes "
+            f"({self._max_bytes}); a replyer with the same limit would drop it",
+            service=self.env.service,
+            connection=self.name,
+            direction="args",
+        )
 
     def _exchange(self, frame: bytes, attempts: int) -> bytes:
         stats = self.stats
