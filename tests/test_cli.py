@@ -451,6 +451,7 @@ connection_models = {'out': {'ask': {
         assert empty == b""
         return peer, msgspec.msgpack.decode(body)
 
+    process.wait_for("main asking")
     _, first = next_request()
     assert first["args"] == {"text": "from main"}  # never answered: main is blocked
     process.signal(signal.SIGTERM)

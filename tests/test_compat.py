@@ -458,6 +458,9 @@ def test_add_sig_handler_chains_to_the_previous_handler(tmp_path: Path) -> None:
         [sys.executable, str(tmp_path / "signals.py")],
         stdout=subprocess.PIPE,
         text=True,
+        # A runner started in the background may have SIGINT ignored, and the child
+        # would inherit that; give it the usual start (Python's own SIGINT handler).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert child.stdout is not None
