@@ -11,6 +11,7 @@ line, ``service_framework: error: ...``, and exits 2 (``--traceback`` shows the 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 from .config import flatten_seed_shape, load_json, parse_cli_pairs
 from .errors import AddressError, ServiceFrameworkError, StartupError
+from .probe import PROBE_FILE_ENV, probe_main
 from .security import Curve, create_keypair
 from .service import Service
 
@@ -41,6 +43,7 @@ _FLAGS: dict[str, bool] = {
     "--curve_secret_key": True,
     "--curve_authorized_keys": True,
     "--curve_allow_any": False,
+    "--probe_file": True,
 }  # fmt: skip
 
 
@@ -75,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
         "--curve_allow_any",
         action="store_true",
         help="with CURVE on, admit any client that knows the server key",
+    )
+    add(
+        "--probe_file",
+        default=os.environ.get(PROBE_FILE_ENV) or None,
+        help=f"heartbeat file for '{PROG} probe', kept fresh while the loop turns "
+        f"(default: ${PROBE_FILE_ENV})",
     )
     return parser  # fmt: skip
 
@@ -162,6 +171,7 @@ def _build(args: argparse.Namespace, extra: list[str]) -> Service:
         service_loop_min_wait_time=args.service_loop_min_wait_time_s,
         curve=curve,
         cli_strings=cli_pairs,
+        probe_file=args.probe_file,
     )
 
 
@@ -187,4 +197,5 @@ def _keygen(argv: list[str]) -> int:
 # it returns; anything else runs a service. Each command parses its own arguments.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "keygen": _keygen,
+    "probe": probe_main,
 }

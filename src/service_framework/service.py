@@ -51,7 +51,8 @@ class Service:
     console_loglevel='INFO', log_path=None, file_loglevel='INFO', backup_count=24,
     service_loop_min_wait_time=0)``; the first positional argument may be a path or a
     module, and ``service_loop_min_wait_time_s`` is accepted as the 0.0.20 name.
-    ``curve`` turns on CURVE for every socket (see ``security.Curve``).
+    ``curve`` turns on CURVE for every socket (see ``security.Curve``); ``probe_file``
+    is a heartbeat file kept fresh while the loop turns (see ``probe.py``).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class Service:
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 10.0,
         cli_strings: Mapping[str, str] | None = None,
+        probe_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if service_path is not None and service_module is not None:
             raise ValueError("give service_path or service_module, not both")
@@ -98,6 +100,7 @@ class Service:
         self.start_timeout_s = start_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self._cli_strings = dict(cli_strings) if cli_strings else None
+        self.probe_file = os.fspath(probe_file) if probe_file is not None else None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._runtime: ServiceRuntime | None = None
         self._lock = threading.Lock()
@@ -233,6 +236,7 @@ class Service:
             min_wait_s=self.min_wait_s,
             curve=self.curve,
             stop_timeout_s=self.stop_timeout_s,
+            probe_file=self.probe_file,
         )
 
     def _source_text(self) -> str:
