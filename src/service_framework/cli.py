@@ -22,6 +22,7 @@ from .errors import AddressError, ServiceFrameworkError, StartupError
 from .probe import PROBE_FILE_ENV, probe_main
 from .security import Curve, create_keypair
 from .service import Service
+from .up import up_main
 
 __all__ = ["main"]
 
@@ -198,4 +199,5 @@ def _keygen(argv: list[str]) -> int:
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "keygen": _keygen,
     "probe": probe_main,
+    "up": up_main,
 }

@@ -1,0 +1,262 @@
+"""``service_framework up``: a topology runs locally on honcho, binders first, with
+prefixed logs; Ctrl-C stops every service gracefully; a main-mode service's end stops
+the system with its exit code."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("honcho")
+
+ECHO = """
+def on_echo(args, to_send, config):
+    return {'text': args['text']}
+
+connection_models = {'in': {'echo': {
+    'connection_type': 'replyer',
+    'required_creation_arguments': {'connection_function': on_echo},
+    'required_arguments': {'text': str},
+    'required_return_arguments': {'text': str},
+}}}
+"""
+
+# Connects to echo and serves a replyer of its own, so it runs until stopped.
+RELAY = """
+def on_relay(args, to_send, config):
+    return to_send('echo', args)
+
+connection_models = {
+    'in': {'relay': {
+        'connection_type': 'replyer',
+        'required_creation_arguments': {'connection_function': on_relay},
+        'required_arguments': {'text': str},
+        'required_return_arguments': {'text': str},
+    }},
+    'out': {'echo': {
+        'connection_type': 'requester',
+        'required_arguments': {'text': str},
+        'required_return_arguments': {'text': str},
+    }},
+}
+"""
+
+CALLER = """
+def main(to_send, config):
+    answer = to_send('relay', {'text': 'hello'})
+    print('caller got', answer['text'])
+    raise SystemExit(config['code'])
+
+config_model = {'required': {'code': int}}
+connection_models = {'out': {'relay': {
+    'connection_type': 'requester',
+    'optional_creation_arguments': {'timeout_s': 20},
+    'required_arguments': {'text': str},
+    'required_return_arguments': {'text': str},
+}}}
+"""
+
+STARTED = re.compile(r"system\s+\| (?P<name>\S+) started \(pid=(?P<pid>\d+)\)")
+
+
+class Up:
+    """``service_framework up`` in a session of its own; its stdout read line by line."""
+
+    def __init__(self, *args: str, cwd: Path) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "service_framework", "up", "--no_colour", *args],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> str:
+        regex = re.compile(pattern)
+        for line in self.lines:
+            if regex.search(line):
+                return line
+        while True:
+            try:
+                line = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no {pattern!r}:\n" + self.output) from None
+            if line is None:
+                raise AssertionError(f"up ended before {pattern!r}:\n" + self.output)
+            self.lines.append(line)
+            if regex.search(line):
+                return line
+
+    def finish(self, timeout: float = 40.0) -> int:
+        code = self.popen.wait(timeout)
+        while (line := self._queue.get(timeout=10)) is not None:
+            self.lines.append(line)
+        return code
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def pids(self) -> dict[str, int]:
+        return {
+            found["name"]: int(found["pid"])
+            for line in self.lines
+            if (found := STARTED.search(line))
+        }
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(10)
+        self._reader.join(10)
+        if self.popen.stdout is not None:
+            self.popen.stdout.close()
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Callable[..., Up]]:
+    started: list[Up] = []
+
+    def start(*args: str) -> Up:
+        process = Up(*args, cwd=tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+        # Whatever the services' own sessions hold is gone as well.
+        for pid in process.pids().values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def write_system(tmp_path: Path, extra: str = "", *, code: int | None = None) -> Path:
+    (tmp_path / "echo.py").write_text(ECHO)
+    (tmp_path / "relay.py").write_text(RELAY)
+    (tmp_path / "caller.py").write_text(CALLER)
+    caller = ""
+    links = ['"relay.echo -> echo.echo"']
+    if code is not None:
+        caller = (
+            f'[services.caller]\nfile = "caller.py"\nmain = true\nconfig = {{ code = {code} }}\n'
+        )
+        links.append('"caller.relay -> relay.relay"')
+    text = (
+        f'name = "small"\nlinks = [{", ".join(links)}]\n'
+        '[services.relay]\nfile = "relay.py"\n'
+        # Its replyer, when no caller is linked to it: a port of its own choosing.
+        'addresses = { in = { relay = { replyer = "127.0.0.1:0" } } }\n'
+        '[services.echo]\nfile = "echo.py"\n'
+        f"{caller}{extra}"
+    )
+    path = tmp_path / "system.toml"
+    path.write_text(text)
+    return path
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_sigint_stops_every_service_gracefully_and_exits_0(up, tmp_path) -> None:
+    system = write_system(tmp_path)
+    process = up("--free_ports", str(system))
+    process.wait_for(r"echo\s+\| .*echo: ready")
+    process.wait_for(r"relay\s+\| .*relay: ready")
+    os.kill(process.popen.pid, signal.SIGINT)  # what Ctrl-C sends
+    assert process.finish() == 0, process.output
+    for name in ("echo", "relay"):
+        assert re.search(rf"{name}\s+\| .*{name}: got SIGTERM; stopping gracefully", process.output)
+        assert f"{name} stopped (rc=0)" in process.output
+    assert "up: stopped on request; exit codes: echo 0, relay 0" in process.output
+    assert all(gone(pid) for pid in process.pids().values())
+
+
+def test_binders_start_first_and_connectors_learn_their_free_ports(up, tmp_path) -> None:
+    system = write_system(tmp_path)
+    process = up("--free_ports", str(system))
+    # relay is listed first, but it connects to echo: it waits for echo to be ready.
+    process.wait_for(r"relay\s+\| waiting for echo$")
+    echo_ready = process.wait_for(r"echo\s+\| .*echo: ready \(echo=tcp://127\.0\.0\.1:(\d+)\)")
+    relay_ready = process.wait_for(r"relay\s+\| .*relay: ready")
+    port = re.search(r":(\d+)\)$", echo_ready)
+    assert port is not None and port.group(1) != "47800"  # a free port, not the default one
+    assert f"echo=tcp://127.0.0.1:{port.group(1)}" in relay_ready
+    os.kill(process.popen.pid, signal.SIGINT)
+    assert process.finish() == 0, process.output
+
+
+def test_a_main_mode_service_ending_stops_the_system_with_its_exit_code(up, tmp_path) -> None:
+    system = write_system(tmp_path, code=3)
+    process = up("--free_ports", str(system))
+    assert process.finish() == 3, process.output
+    assert re.search(r"caller\s+\| caller got hello$", process.output, re.M)
+    assert "caller stopped (rc=3)" in process.output
+    assert "up: the system stopped; exit codes:" in process.output
+    assert all(gone(pid) for pid in process.pids().values())
+
+
+def test_a_main_mode_service_ending_well_exits_0(up, tmp_path) -> None:
+    system = write_system(tmp_path, code=0)
+    process = up("--free_ports", str(system))
+    assert process.finish() == 0, process.output
+    assert "exit codes: echo 0, relay 0, caller 0" in process.output
+
+
+def test_connectors_scale_with_replicas(up, tmp_path) -> None:
+    system = write_system(tmp_path)
+    system.write_text(
+        system.read_text().replace('file = "relay.py"', 'file = "relay.py"\nreplicas = 2')
+    )
+    process = up("--free_ports", str(system))
+    process.wait_for(r"relay\.1\s+\| .*relay: ready")
+    process.wait_for(r"relay\.2\s+\| .*relay: ready")
+    os.kill(process.popen.pid, signal.SIGTERM)
+    assert process.finish() == 0, process.output
+    assert set(process.pids()) == {"echo", "relay.1", "relay.2"}
+
+
+def test_a_binder_with_replicas_is_refused(up, tmp_path) -> None:
+    system = write_system(tmp_path)
+    system.write_text(
+        system.read_text().replace('file = "echo.py"', 'file = "echo.py"\nreplicas = 2')
+    )
+    process = up(str(system))
+    assert process.finish() == 2
+    assert "echo binds port(s) 47800, so it cannot run 2 replicas on one host" in process.output
+
+
+def test_a_topology_whose_links_cannot_be_wired_is_an_error(up, tmp_path) -> None:
+    system = write_system(tmp_path)
+    system.write_text(system.read_text().replace("echo.echo", "echo.nothing"))
+    process = up(str(system))
+    assert process.finish() == 2
+    assert "the links cannot be wired" in process.output
+    assert "echo has no inbound connection 'nothing'" in process.output
