@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import flatten_seed_shape, load_json, parse_cli_pairs
 from .errors import AddressError, ServiceFrameworkError, StartupError
+from .export import export_main
 from .probe import PROBE_FILE_ENV, probe_main
 from .security import Curve, create_keypair
 from .service import Service
@@ -199,5 +200,6 @@ def _keygen(argv: list[str]) -> int:
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "keygen": _keygen,
     "probe": probe_main,
+    "export": export_main,
     "up": up_main,
 }

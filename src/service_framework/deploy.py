@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .errors import StartupError
@@ -215,11 +214,3 @@ def service_args(
 def to_json(data: Any) -> str:
     """Stable, readable JSON for generated files (sorted keys, two-space indent)."""
     return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-
-
-def relative_to(path: Path, base: Path) -> str:
-    """``path`` relative to ``base`` when it lies inside it, else absolute."""
-    try:
-        return path.resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:
-        return path.resolve().as_posix()
