@@ -592,15 +592,16 @@ def _export_systemd(plan: SystemPlan, out: Path, python: str) -> dict[str, str]:
     framework = [python, "-m", "service_framework"]
     units: list[str] = []
 
-    def unit_name(name: str, instance: str | None = None) -> str:
-        replicas = plan.services[name].spec.replicas
-        if replicas > 1:
-            return f"{system}-{name}@{instance or '%i'}.service"
+    def unit_name(name: str, instance: str = "") -> str:
+        """A replicated service is a template unit (``NAME@.service``), run as
+        ``NAME@1.service`` ... ``NAME@N.service``."""
+        if plan.services[name].spec.replicas > 1:
+            return f"{system}-{name}@{instance}.service"
         return f"{system}-{name}.service"
 
     for name in plan.order:
         service = plan.services[name]
-        after = ["network-online.target", *(unit_name(binder, "1") for binder in service.needs)]
+        after = ["network-online.target", *(unit_name(binder) for binder in service.needs)]
         lines = [
             "[Unit]",
             f"Description={topology.name}: {name} (service_framework)",
