@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,11 @@ import pytest
 
 from service_framework import topology as topo
 from service_framework.security import create_keypair
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the conditional dependency of Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "orders"
@@ -86,8 +92,6 @@ def test_example_topology_derives_the_shipped_addresses_files() -> None:
 
 
 def test_example_topology_is_valid_against_the_published_schema() -> None:
-    import tomllib
-
     schema = topo.topology_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     data = tomllib.loads((EXAMPLE / "system.toml").read_text())
@@ -102,11 +106,20 @@ def test_example_topology_is_valid_against_the_published_schema() -> None:
         "[services.a]\n",
         'links = ["a.ask b.echo"]\n[services.a]\nfile = "a.py"\n',
         'links = [{from = "a.ask", to = "b.echo", port = 70000}]\n[services.a]\nfile = "a.py"\n',
+        'links = [{from = "a.ask", to = "b.echo", colour = 1}]\n[services.a]\nfile = "a.py"\n',
+        'links = ["a -> b.echo"]\n[services.a]\nfile = "a.py"\n',
+        '[services.1a]\nfile = "a.py"\n',
+        '[services.a]\nfile = "a.py"\nhost = "my host"\n',
+        '[services.a]\nfile = "a.py"\nmain = "yes"\n',
+        '[services.a]\nfile = "a.py"\ncurve = {secret_key = "k.key_secret"}\n',
+        '[services.a]\nfile = "a.py"\n'
+        'curve = {secret_key = "k.key_secret", authorized_keys = "d", allow_any = true}\n',
+        '[services.a]\nfile = "a.py"\naddresses = {sideways = {}}\n',
+        'base_port = 0\n[services.a]\nfile = "a.py"\n',
+        "services = {}\n",
     ],
 )
 def test_the_schema_and_the_loader_refuse_the_same_mistakes(tmp_path: Path, toml: str) -> None:
-    import tomllib
-
     validator = jsonschema.Draft202012Validator(topo.topology_schema())
     assert not validator.is_valid(tomllib.loads(toml))
     path = tmp_path / "bad.toml"
@@ -312,3 +325,36 @@ def test_config_file_is_overlaid_by_the_inline_table(tmp_path: Path) -> None:
     spec = topology.services["r"]
     assert spec.load_config() == {"a": 1, "b": 3}
     assert spec.env_prefix == "R_"
+
+
+def test_the_readme_shows_the_shipped_example_topology() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## The system: topology and check", 1)[1]
+    shown = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    shipped = (EXAMPLE / "system.toml").read_text()
+    body = shipped[shipped.index("name = ") :]
+    assert shown == body
+
+
+def test_a_topology_runs_inline_with_its_config_and_links(capsys) -> None:
+    from service_framework import InlineServices
+
+    inline = InlineServices.from_topology(EXAMPLE / "system.toml", console_loglevel=None)
+    assert inline.check() == []
+    assert inline.get_service_config("pricing") == {"spread_bps": 5}
+    inline.start()  # the trader's main: quotes, orders, then the ledger must agree
+    out = capsys.readouterr().out
+    assert out.count(" filled at ") == 5
+    assert "ledger: 5 fills" in out
+
+
+def test_inline_runs_one_main_service(tmp_path: Path) -> None:
+    from service_framework import InlineServices
+
+    (tmp_path / "m.py").write_text("def main(to_send, config):\n    pass\n")
+    path = tmp_path / "t.toml"
+    path.write_text(
+        '[services.a]\nfile = "m.py"\nmain = true\n[services.b]\nfile = "m.py"\nmain = true\n'
+    )
+    with pytest.raises(ValueError, match="one main service, but a, b are all main = true"):
+        InlineServices.from_topology(path)

@@ -17,12 +17,14 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .check import main as _check_main
 from .config import flatten_seed_shape, load_json, parse_cli_pairs
 from .errors import AddressError, ServiceFrameworkError, StartupError
 from .export import export_main
 from .probe import PROBE_FILE_ENV, probe_main
 from .security import Curve, create_keypair
 from .service import Service
+from .topology_run import main as _run_main
 from .up import up_main
 
 __all__ = ["main"]
@@ -199,6 +201,8 @@ def _keygen(argv: list[str]) -> int:
 # it returns; anything else runs a service. Each command parses its own arguments.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "keygen": _keygen,
+    "check": _check_main,
+    "run": _run_main,
     "probe": probe_main,
     "export": export_main,
     "up": up_main,

@@ -12,6 +12,14 @@ subscriber's failure is logged and the publisher carries on.
 Differences from running over sockets, by design: everything runs in the calling
 thread, no signal handlers are installed, and handlers receive the sender's objects
 rather than decoded copies.
+
+Contracts are checked as ``service_framework check`` checks a topology: a relation whose
+connection types or topics can never work is refused by ``add_relation``
+(``ValueError``); one whose models disagree (a key the receiver requires that the sender
+may omit, a type the receiver would refuse, a reply the requester cannot accept) is
+logged as a warning when the relation is added, and :meth:`InlineServices.check` returns
+every such finding, plus every requester or publisher left without a relation - so a
+test can ``assert not inline.check()``.
 """
 
 from __future__ import annotations
@@ -24,12 +32,14 @@ from functools import partial
 from types import ModuleType
 from typing import Any
 
+from .check import check_link
 from .connections.base import ConnectionEnv, RunState
 from .connections.external_target import ExternalTarget, call_target
 from .errors import RemoteError, UnknownConnectionError, ValidationError
 from .loader import PreparedService, load_module, prepare_service
 from .logs import configure_logging
 from .models import ConnectionModel
+from .topology import Finding, Topology, load_topology
 from .workflow import (
     IDLE,
     Flow,
@@ -112,9 +122,46 @@ class InlineServices:
         self._services: dict[str, _Service] = {}
         self._main: str | None = None
         self._relations: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self._findings: list[Finding] = []  # model disagreements of the relations added
 
     def __repr__(self) -> str:
         return f"<InlineServices main={self._main!r} services={list(self._services)}>"
+
+    @classmethod
+    def from_topology(
+        cls,
+        topology: str | os.PathLike[str] | Topology,
+        *,
+        console_loglevel: str | None = "INFO",
+        log_path: str | os.PathLike[str] | None = None,
+        file_loglevel: str = "INFO",
+        backup_count: int = 24,
+    ) -> InlineServices:
+        """Every service of a topology file (or a loaded :class:`Topology`) with its
+        config, and a relation per link; the service with ``main = true`` is the main
+        one. Addresses, hosts, replicas and keys do not apply inline."""
+        system = topology if isinstance(topology, Topology) else load_topology(topology)
+        mains = [name for name, spec in system.services.items() if spec.main]
+        if len(mains) > 1:
+            raise ValueError(
+                f"{system.path}: inline runs one main service, but {', '.join(mains)} are "
+                "all main = true"
+            )
+        inline = cls(console_loglevel, log_path, file_loglevel, backup_count)
+        for name, spec in system.services.items():
+            config = spec.load_config() or None
+            if spec.main:
+                inline.set_main_service(name, spec.file, config)
+            else:
+                inline.add_service(name, spec.file, config)
+        for link in system.links:
+            inline.add_relation(
+                link.source.service,
+                link.source.connection,
+                link.target.service,
+                link.target.connection,
+            )
+        return inline
 
     # ------------------------------------------------------------------ building
     def set_main_service(
@@ -248,6 +295,11 @@ class InlineServices:
                 f"{in_service_name}.{in_connection} already exists"
             )
         related.append(pair)
+        # Models that disagree may still work for the values a test sends (0.0.20 files
+        # often do): warn, and let check() report them, rather than refuse the relation.
+        for finding in check_link(out_model, in_model):
+            LOG.warning("relation %s", finding.message.removeprefix("link "))
+            self._findings.append(finding)
         targets = [self._target(out_model, *p) for p in related]
         out_service.routes[out_connection] = (
             _publish_route(out_model, targets)
@@ -277,6 +329,26 @@ class InlineServices:
             check_return=check_return,
             none_ok=none_ok,
         )
+
+    def check(self) -> list[Finding]:
+        """Every contract finding (see ``service_framework check``): the model
+        disagreements of the relations added so far, and every requester or publisher
+        with no relation (``to_send`` on it would fail). Empty when all is well."""
+        findings = list(self._findings)
+        for name, service in self._services.items():
+            for conn, model in service.prepared.models.outbound.items():
+                if not model.kind.address_keys or (name, conn) in self._relations:
+                    continue
+                end = f"{name}.{conn}"
+                findings.append(
+                    Finding(
+                        "unlinked",
+                        f"{end} (a {model.connection_type}) has no relation: to_send on it "
+                        f"would fail (call add_relation({name!r}, {conn!r}, ...))",
+                        (end,),
+                    )
+                )
+        return findings
 
     # ------------------------------------------------------------------ running
     def start(self) -> Any:
