@@ -134,27 +134,54 @@ def test_k8s_is_a_valid_kustomize_base_with_the_systems_facts(tmp_path) -> None:
     assert 'ENTRYPOINT ["service_framework"]' in dockerfile
 
 
-def test_k8s_curve_keys_come_from_secrets_mounted_as_files(tmp_path) -> None:
+def curve_example(tmp_path: Path) -> tuple[Path, Path]:
+    """The example with CURVE on every service: the binders admit the two services that
+    connect to them (trader, and ledger for the router's fills)."""
     keys = tmp_path / "system" / "keys"
-    create_keypair(keys, "pricing")
-    create_keypair(keys / "clients", "trader")
-    create_keypair(keys, "trader")
-    topology = copy_example(
-        tmp_path,
-        {
-            "config = { spread_bps = 5 }": "config = { spread_bps = 5 }\n"
-            'curve = { secret_key = "keys/pricing.key_secret", authorized_keys = "keys/clients" }',
-            "main = true": "main = true\n"
-            'curve = { secret_key = "keys/trader.key_secret", allow_any = true }',
-        },
+    for name in ("pricing", "router", "ledger", "trader"):
+        create_keypair(keys, name)
+    (keys / "clients").mkdir()
+    for client in ("ledger", "trader"):
+        shutil.copy(keys / f"{client}.key", keys / "clients" / f"{client}.key")
+    edits = {}
+    for name in ("pricing", "router", "ledger"):
+        line = f'file = "services/{name}.py"'
+        edits[line] = (
+            f'{line}\ncurve = {{ secret_key = "keys/{name}.key_secret", '
+            'authorized_keys = "keys/clients" }'
+        )
+    edits["main = true"] = (
+        'main = true\ncurve = { secret_key = "keys/trader.key_secret", allow_any = true }'
     )
+    return copy_example(tmp_path, edits), keys
+
+
+def test_k8s_curve_keys_come_from_secrets_mounted_as_files(tmp_path) -> None:
+    topology, keys = curve_example(tmp_path)
     out = exported("k8s", topology, tmp_path / "k8s")
     kustomization = yaml.safe_load((out / "kustomization.yaml").read_text())
     generators = {g["name"]: g["files"] for g in kustomization["secretGenerator"]}
     assert generators == {
-        "orders-curve-servers": ["keys/public/pricing.key"],
+        "orders-curve-servers": [
+            "keys/public/pricing.key",
+            "keys/public/router.key",
+            "keys/public/ledger.key",
+        ],
         "pricing-curve": ["keys/pricing/pricing.key_secret"],
-        "pricing-authorized": ["keys/pricing/authorized/trader.key"],
+        "pricing-authorized": [
+            "keys/pricing/authorized/ledger.key",
+            "keys/pricing/authorized/trader.key",
+        ],
+        "router-curve": ["keys/router/router.key_secret"],
+        "router-authorized": [
+            "keys/router/authorized/ledger.key",
+            "keys/router/authorized/trader.key",
+        ],
+        "ledger-curve": ["keys/ledger/ledger.key_secret"],
+        "ledger-authorized": [
+            "keys/ledger/authorized/ledger.key",
+            "keys/ledger/authorized/trader.key",
+        ],
         "trader-curve": ["keys/trader/trader.key_secret"],
     }
     # Public keys are copied next to the manifests; secret keys never are.
@@ -371,3 +398,19 @@ def test_to_yaml_round_trips_through_a_yaml_parser() -> None:
         "*:47814": "key needs quotes",
     }
     assert yaml.safe_load(to_yaml(data)) == data
+
+
+def test_compose_curve_keys_are_secrets(tmp_path) -> None:
+    topology, _ = curve_example(tmp_path)
+    out = exported("compose", topology, tmp_path / "compose")
+    checked = tool(
+        "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(out / "compose.yaml")
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    compose = yaml.safe_load((out / "compose.yaml").read_text())
+    assert compose["secrets"]["pricing-curve"] == {"file": "./keys/pricing/pricing.key_secret"}
+    trader_secrets = {s["source"]: s["target"] for s in compose["services"]["trader"]["secrets"]}
+    assert trader_secrets["pricing-public-key"] == "/etc/service_framework/servers/pricing.key"
+    assert trader_secrets["trader-curve"] == "/etc/service_framework/curve/trader.key_secret"
+    assert (out / "keys/public/pricing.key").exists()
+    assert not list(out.rglob("*_secret"))

@@ -8,6 +8,7 @@ import contextlib
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,17 +159,19 @@ def write_system(tmp_path: Path, extra: str = "", *, code: int | None = None) ->
     (tmp_path / "relay.py").write_text(RELAY)
     (tmp_path / "caller.py").write_text(CALLER)
     caller = ""
+    # The relay's replyer, when no caller is linked to it: a port of its own choosing.
+    relay_address = 'addresses = { in = { relay = { replyer = "127.0.0.1:0" } } }\n'
     links = ['"relay.echo -> echo.echo"']
     if code is not None:
         caller = (
             f'[services.caller]\nfile = "caller.py"\nmain = true\nconfig = {{ code = {code} }}\n'
         )
         links.append('"caller.relay -> relay.relay"')
+        relay_address = ""
     text = (
         f'name = "small"\nlinks = [{", ".join(links)}]\n'
         '[services.relay]\nfile = "relay.py"\n'
-        # Its replyer, when no caller is linked to it: a port of its own choosing.
-        'addresses = { in = { relay = { replyer = "127.0.0.1:0" } } }\n'
+        f"{relay_address}"
         '[services.echo]\nfile = "echo.py"\n'
         f"{caller}{extra}"
     )
@@ -253,10 +256,51 @@ def test_a_binder_with_replicas_is_refused(up, tmp_path) -> None:
     assert "echo binds port(s) 47800, so it cannot run 2 replicas on one host" in process.output
 
 
-def test_a_topology_whose_links_cannot_be_wired_is_an_error(up, tmp_path) -> None:
+def test_a_topology_with_findings_is_refused(up, tmp_path) -> None:
     system = write_system(tmp_path)
     system.write_text(system.read_text().replace("echo.echo", "echo.nothing"))
     process = up(str(system))
     assert process.finish() == 2
-    assert "the links cannot be wired" in process.output
-    assert "echo has no inbound connection 'nothing'" in process.output
+    assert "finding(s) (see 'service_framework check" in process.output
+    assert (
+        "unknown-connection: link relay.echo -> echo.nothing: echo has no inbound" in process.output
+    )
+
+
+def test_a_contract_mismatch_stops_up_before_anything_starts(up, tmp_path) -> None:
+    system = write_system(tmp_path)
+    (tmp_path / "echo.py").write_text(ECHO.replace("'text': str}", "'text': int}", 1))
+    process = up(str(system))
+    assert process.finish() == 2
+    assert "type-mismatch" in process.output and "relay.echo -> echo.echo" in process.output
+    assert "started (pid=" not in process.output
+
+
+def test_the_example_runs_with_curve_on_every_link(up, tmp_path) -> None:
+    from conftest import REPO
+    from service_framework.security import create_keypair
+
+    example = REPO / "examples" / "orders"
+    shutil.copytree(example / "services", tmp_path / "services")
+    keys = tmp_path / "keys"
+    for name in ("pricing", "router", "ledger", "trader"):
+        create_keypair(keys, name)
+    (keys / "clients").mkdir()
+    for client in ("ledger", "trader"):
+        shutil.copy(keys / f"{client}.key", keys / "clients" / f"{client}.key")
+    text = (example / "system.toml").read_text()
+    for name in ("pricing", "router", "ledger"):
+        line = f'file = "services/{name}.py"'
+        text = text.replace(
+            line,
+            f'{line}\ncurve = {{ secret_key = "keys/{name}.key_secret", '
+            'authorized_keys = "keys/clients" }',
+        )
+    text = text.replace(
+        "main = true",
+        'main = true\ncurve = { secret_key = "keys/trader.key_secret", allow_any = true }',
+    )
+    (tmp_path / "system.toml").write_text(text)
+    process = up("--free_ports", str(tmp_path / "system.toml"))
+    assert process.finish() == 0, process.output
+    assert "ledger: 5 fills" in process.output

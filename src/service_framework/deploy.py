@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .check import check_topology
 from .errors import StartupError
 from .models import ConnectionModel, ServiceModels
 from .topology import (
@@ -25,8 +26,6 @@ from .topology import (
     Wiring,
     binds,
     derive_addresses,
-    load_services,
-    resolve,
 )
 
 __all__ = ["DeployError", "ServicePlan", "SystemPlan", "plan_system", "service_args", "to_json"]
@@ -81,14 +80,18 @@ def plan_system(
     host_of: Callable[[str], str] | None = None,
     public_key_of: Callable[[str], str] | None = None,
 ) -> SystemPlan:
-    """Load every service module (no socket opens), wire the links, and derive each
-    service's addresses. A link that cannot be wired is a :class:`DeployError` listing
-    every such problem (``service_framework check`` explains them in full)."""
-    prepared = load_services(topology)
-    wiring = resolve(topology, prepared)
-    if wiring.problems:
-        listed = "\n  ".join(str(problem) for problem in wiring.problems)
-        raise DeployError(f"{topology.path}: the links cannot be wired:\n  {listed}")
+    """Check the topology as ``service_framework check`` does (every module loaded, no
+    socket opened; every link compared end to end), then derive each service's
+    addresses. Any finding is a :class:`DeployError` listing them all: a system that
+    would fail at its first message is not started or exported."""
+    report = check_topology(topology)
+    if report.findings:
+        listed = "\n  ".join(str(finding) for finding in report.findings)
+        raise DeployError(
+            f"{topology.path}: {len(report.findings)} finding(s) (see 'service_framework "
+            f"check {topology.path}'):\n  {listed}"
+        )
+    prepared, wiring = report.prepared, report.wiring
     addresses = derive_addresses(
         topology,
         prepared,
