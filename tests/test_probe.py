@@ -174,3 +174,22 @@ def test_probe_without_a_file_is_a_usage_error(tmp_path) -> None:
     result = probe(tmp_path, env=env)
     assert result.returncode == 2
     assert "no heartbeat file given" in result.stderr
+
+
+def test_service_object_keeps_a_heartbeat_file(stuck_files, tmp_path) -> None:
+    from service_framework import Service
+
+    probe_file = tmp_path / "object.probe"
+    service = Service(
+        str(tmp_path / "stuck.py"),
+        addresses={"in": {"echo": {"replyer": "127.0.0.1:0"}}},
+        probe_file=probe_file,
+        console_loglevel=None,
+    )
+    service.run_service()
+    try:
+        assert probe(tmp_path, "--wait_s", "20", str(probe_file)).returncode == 0
+        assert json.loads(probe_file.read_text())["pid"] == service.pid
+    finally:
+        assert service.stop_service() == 0
+    assert probe(tmp_path, str(probe_file)).returncode == 1

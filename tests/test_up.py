@@ -10,6 +10,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -304,3 +305,64 @@ def test_the_example_runs_with_curve_on_every_link(up, tmp_path) -> None:
     process = up("--free_ports", str(tmp_path / "system.toml"))
     assert process.finish() == 0, process.output
     assert "ledger: 5 fills" in process.output
+
+
+# A binder that also subscribes to a publisher outside the system: until that publisher is
+# there, the services that need it wait.
+LONELY = """
+def on_echo(args, to_send, config):
+    return {'text': args['text']}
+
+def on_tick(args, to_send, config):
+    pass
+
+connection_models = {'in': {
+    'echo': {
+        'connection_type': 'replyer',
+        'required_creation_arguments': {'connection_function': on_echo},
+        'required_arguments': {'text': str},
+        'required_return_arguments': {'text': str},
+    },
+    'ticks': {
+        'connection_type': 'subscriber',
+        'required_creation_arguments': {'connection_function': on_tick},
+        'required_arguments': {'n': int},
+    },
+}}
+"""
+
+
+@pytest.fixture
+def waiting_system(tmp_path: Path) -> Iterator[Path]:
+    """relay needs echo, whose subscriber never gets a peer: a port bound, never listened on."""
+    system = write_system(tmp_path)
+    (tmp_path / "echo.py").write_text(LONELY)
+    with socket.socket() as unserved:
+        unserved.bind(("127.0.0.1", 0))
+        port = unserved.getsockname()[1]
+        text = system.read_text().replace(
+            '[services.echo]\nfile = "echo.py"\n',
+            '[services.echo]\nfile = "echo.py"\n'
+            f'addresses = {{ in = {{ ticks = {{ subscriber = "127.0.0.1:{port}" }} }} }}\n',
+        )
+        system.write_text(text)
+        yield system
+
+
+def test_a_binder_that_never_gets_ready_stops_the_system(up, waiting_system) -> None:
+    process = up("--free_ports", "--ready_timeout_s", "2", str(waiting_system))
+    assert process.finish() == 1, process.output
+    assert "relay: echo was not ready within 2s: echo: connection(s) 'ticks' have no peer" in (
+        process.output
+    )
+    assert "relay stopped (rc=1)" in process.output
+    assert "relay: ready" not in process.output
+
+
+def test_sigint_while_a_service_waits_is_a_clean_stop(up, waiting_system) -> None:
+    process = up("--free_ports", str(waiting_system))
+    process.wait_for(r"echo\s+\| .*echo: ready")
+    process.wait_for(r"relay\s+\| waiting for echo$")
+    os.kill(process.popen.pid, signal.SIGINT)
+    assert process.finish() == 0, process.output
+    assert "up: stopped on request; exit codes: echo 0, relay 0" in process.output
