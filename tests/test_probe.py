@@ -193,3 +193,16 @@ def test_service_object_keeps_a_heartbeat_file(stuck_files, tmp_path) -> None:
     finally:
         assert service.stop_service() == 0
     assert probe(tmp_path, str(probe_file)).returncode == 1
+
+
+def test_an_unwritable_heartbeat_file_is_logged_and_the_service_keeps_serving(
+    stuck_files, tmp_path, cli, client
+) -> None:
+    (tmp_path / "a_file").write_text("not a directory")
+    service = cli(*stuck_files, "--probe_file", "a_file/stuck.probe")
+    address = service.ready()["echo"]
+    service.wait_for(r"stuck: cannot write heartbeat file a_file/stuck.probe .*probes will fail")
+    requester = client(
+        {"out": {"echo": echo_requester(timeout_s=10)}}, {"out": {"echo": {"requester": address}}}
+    )
+    assert requester.to_send("echo", {"text": "still here"}) == {"text": "still here"}

@@ -70,7 +70,6 @@ class Heartbeat:
 
     def start(self) -> None:
         """Write the first beat once the loop has started, then keep beating."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._thread = threading.Thread(
             target=self._run, name=f"{self.service}-heartbeat", daemon=True
         )
@@ -86,11 +85,20 @@ class Heartbeat:
             self.path.unlink()
 
     def _run(self) -> None:
+        failing = False
         while True:
             try:
                 self._beat()
-            except Exception:  # a full disk must not take the service down
-                LOG.exception("%s: writing heartbeat file %s failed", self.service, self.path)
+                failing = False
+            except OSError as exc:  # a full disk or a bad path must not stop the service
+                if not failing:  # once per spell of failures, not every beat
+                    LOG.error(
+                        "%s: cannot write heartbeat file %s (%s); probes will fail",
+                        self.service,
+                        self.path,
+                        exc.strerror or exc,
+                    )
+                failing = True
             if self._stop.wait(self._beat_s):
                 return
 
@@ -106,6 +114,7 @@ class Heartbeat:
             "progress": progress,
             **self._status(),
         }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         temporary.write_text(json.dumps(body, sort_keys=True))
         if self._stop.is_set():  # stop() may have removed the file meanwhile: keep it gone
