@@ -366,3 +366,19 @@ def test_sigint_while_a_service_waits_is_a_clean_stop(up, waiting_system) -> Non
     os.kill(process.popen.pid, signal.SIGINT)
     assert process.finish() == 0, process.output
     assert "up: stopped on request; exit codes: echo 0, relay 0" in process.output
+
+
+def test_without_honcho_up_says_which_extra_to_install(tmp_path) -> None:
+    shadow = tmp_path / "shadow" / "honcho"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('no honcho here')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "shadow")}
+    result = subprocess.run(
+        [sys.executable, "-m", "service_framework", "up", str(write_system(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert "needs honcho: pip install 'service-framework[up]'" in result.stderr
