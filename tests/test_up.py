@@ -382,3 +382,51 @@ def test_without_honcho_up_says_which_extra_to_install(tmp_path) -> None:
     )
     assert result.returncode == 2
     assert "needs honcho: pip install 'service-framework[up]'" in result.stderr
+
+
+PEER = """
+def on_ask(args, to_send, config):
+    return {'text': args['text']}
+
+connection_models = {
+    'in': {'ask': {
+        'connection_type': 'replyer',
+        'required_creation_arguments': {'connection_function': on_ask},
+        'required_arguments': {'text': str},
+        'required_return_arguments': {'text': str},
+    }},
+    'out': {'other': {
+        'connection_type': 'requester',
+        'required_arguments': {'text': str},
+        'required_return_arguments': {'text': str},
+    }},
+}
+"""
+
+
+def write_cycle(tmp_path: Path) -> Path:
+    for name in ("left", "right"):
+        (tmp_path / f"{name}.py").write_text(PEER)
+    system = tmp_path / "cycle.toml"
+    system.write_text(
+        'links = ["left.other -> right.ask", "right.other -> left.ask"]\n'
+        '[services.left]\nfile = "left.py"\n[services.right]\nfile = "right.py"\n'
+    )
+    return system
+
+
+def test_two_services_that_connect_to_each_other_start_one_after_the_other(tmp_path) -> None:
+    from service_framework.deploy import plan_system
+    from service_framework.topology import load_topology
+
+    plan = plan_system(load_topology(write_cycle(tmp_path)))
+    assert plan.order == ("right", "left")  # left connects to right first
+    assert plan.services["right"].needs == ()  # it does not wait for left, which waits for it
+    assert plan.services["left"].needs == ("right",)
+
+
+def test_free_ports_refuse_services_that_connect_to_each_other(up, tmp_path) -> None:
+    process = up("--free_ports", str(write_cycle(tmp_path)))
+    assert process.finish() == 2
+    assert "connect to each other's binders" in process.output
+    assert "started (pid=" not in process.output

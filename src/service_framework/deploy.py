@@ -57,7 +57,9 @@ class ServicePlan:
     addresses: dict[str, dict[str, dict[str, Any]]]
     bound_ports: tuple[int, ...]  # the ports its binders bind, sorted
     bound: tuple[tuple[str, str, str], ...]  # (side, connection, address key) of its links' binders
-    needs: tuple[str, ...]  # binder services it connects to, to start before it
+    # Binder services it connects to that start before it (all of them, unless two
+    # services connect to each other: then the later one waits and the earlier does not).
+    needs: tuple[str, ...]
     learned: tuple[Learned, ...]
 
     @property
@@ -134,6 +136,8 @@ def plan_system(
                         digits = str(address).rpartition(":")[2]
                         if digits.isdigit() and int(digits):
                             ports[name].add(int(digits))
+    order = _start_order(topology, needs)
+    position = {name: index for index, name in enumerate(order)}
     plans: dict[str, ServicePlan] = {}
     for name, spec in topology.services.items():
         entries = []
@@ -147,10 +151,10 @@ def plan_system(
             addresses=addresses[name],
             bound_ports=tuple(sorted(ports[name])),
             bound=tuple(bound[name]),
-            needs=tuple(needs[name]),
+            needs=tuple(n for n in needs[name] if position[n] < position[name]),
             learned=tuple(entries),
         )
-    return SystemPlan(topology, plans, _start_order(topology, needs), wiring)
+    return SystemPlan(topology, plans, order, wiring)
 
 
 def _side_and_model(

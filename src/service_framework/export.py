@@ -194,6 +194,7 @@ def _dockerfile(plan: SystemPlan, out: Path, image: str) -> str:
         f"# context:  docker build -f {out.name}/Dockerfile -t {image} <that directory>\n"
         f"FROM {PYTHON_IMAGE}\n"
         "ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1\n"
+        "# The framework, from your package index (or COPY a wheel of it and install that).\n"
         f'RUN pip install --no-cache-dir "service-framework=={version}"\n'
         f"WORKDIR {APP_DIR}\n"
         f"COPY . {APP_DIR}\n"

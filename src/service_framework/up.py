@@ -110,13 +110,17 @@ def up_main(argv: Sequence[str]) -> int:
 def _run(plan: SystemPlan, run_dir: Path, options: argparse.Namespace) -> int:
     from honcho.printer import Printer
 
-    processes = write_plan(
-        plan,
-        run_dir,
-        free_ports=options.free_ports,
-        ready_timeout_s=options.ready_timeout_s,
-        console_loglevel=options.console_loglevel,
-    )
+    try:
+        processes = write_plan(
+            plan,
+            run_dir,
+            free_ports=options.free_ports,
+            ready_timeout_s=options.ready_timeout_s,
+            console_loglevel=options.console_loglevel,
+        )
+    except DeployError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     main_names = {
         process for process, service in processes.items() if plan.services[service].spec.main
     }
@@ -152,6 +156,14 @@ def write_plan(
             for side, connection, key in service.bound:
                 entry = addresses[side][connection]
                 entry[key] = f"{entry[key].rpartition(':')[0]}:0"
+        for learned in service.learned:
+            for binder, _, _ in learned.binders:
+                if free_ports and binder.service not in service.needs:
+                    raise DeployError(
+                        f"{name} and {binder.service} connect to each other's binders, so one "
+                        f"of them starts first and cannot learn the other's port: run without "
+                        "--free_ports (the topology's ports)"
+                    )
         config_path = None
         if service.config:
             config_path = run_dir / f"{name}.config.json"
@@ -164,7 +176,9 @@ def write_plan(
                 "service": name,
                 "needs": list(service.needs),
                 "addresses": addresses,
-                "learned": [
+                "learned": []
+                if not free_ports
+                else [
                     {
                         "side": learned.side,
                         "connection": learned.connection,
