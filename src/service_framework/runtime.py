@@ -140,7 +140,9 @@ class ServiceRuntime:
         self._signals_seen = 0
         self._loop_thread: threading.Thread | None = None
         self._closed = False
-        self._turns = 0  # loop starts and idle wake-ups: progress for the heartbeat
+        # Loop starts and idle wake-ups: with frames received, the heartbeat's progress
+        # (probe.py). A serving loop bumps it when it wakes up idle, never per message.
+        self._turns = 0
 
     # ------------------------------------------------------------------ start-up
     @property
