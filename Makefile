@@ -23,8 +23,9 @@ typecheck: $(STAMP)
 test: lint typecheck
 	$(PY) -m pytest
 
+# The example system on honcho; free ports, so it never collides with anything running.
 demo: $(STAMP)
-	$(PY) examples/orders/run_demo.py
+	$(VENV)/bin/service_framework up --free_ports examples/orders/system.toml
 
 bench: $(STAMP)
 	$(PY) benchmarks/validation.py

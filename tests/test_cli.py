@@ -446,7 +446,7 @@ connection_models = {'out': {'ask': {
     poller.register(router, zmq.POLLIN)
 
     def next_request() -> tuple[bytes, dict[str, Any]]:
-        assert poller.poll(10_000), "no request arrived"
+        assert poller.poll(10_000), "no request arrived; the service's log:\n" + process.log()
         peer, empty, body = router.recv_multipart()
         assert empty == b""
         return peer, msgspec.msgpack.decode(body)

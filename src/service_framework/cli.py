@@ -30,10 +30,13 @@ from .config import (
     parse_cli_pairs,
 )
 from .errors import AddressError, ConfigError, ServiceFrameworkError, StartupError
+from .export import export_main
 from .graph import main as _graph_main
+from .probe import PROBE_FILE_ENV, probe_main
 from .security import Curve, create_keypair
 from .service import Service
 from .topology_run import main as _run_main
+from .up import up_main
 
 __all__ = ["main"]
 
@@ -57,6 +60,7 @@ _FLAGS: dict[str, bool] = {
     "--curve_secret_key": True,
     "--curve_authorized_keys": True,
     "--curve_allow_any": False,
+    "--probe_file": True,
 }  # fmt: skip
 
 
@@ -98,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
         "--curve_allow_any",
         action="store_true",
         help="with CURVE on, admit any client that knows the server key",
+    )
+    add(
+        "--probe_file",
+        default=os.environ.get(PROBE_FILE_ENV) or None,
+        help=f"heartbeat file for '{PROG} probe', kept fresh while the loop turns "
+        f"(default: ${PROBE_FILE_ENV})",
     )
     return parser  # fmt: skip
 
@@ -198,6 +208,7 @@ def _build(args: argparse.Namespace, extra: list[str]) -> Service:
         service_loop_min_wait_time=args.service_loop_min_wait_time_s,
         curve=curve,
         cli_strings=strings,
+        probe_file=args.probe_file,
     )
 
 
@@ -227,4 +238,7 @@ SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "run": _run_main,
     "asyncapi": _asyncapi_main,
     "graph": _graph_main,
+    "probe": probe_main,
+    "export": export_main,
+    "up": up_main,
 }

@@ -50,6 +50,10 @@ class PeerWatch:
             return
         self._monitors[monitor] = connection
 
+    def watched(self) -> frozenset[Connection]:
+        """The connections whose peers this watch counts."""
+        return frozenset(self._monitors.values())
+
     def start(self) -> None:
         if self._monitors and self._thread is None:
             self._thread = threading.Thread(

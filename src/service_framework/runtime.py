@@ -42,6 +42,7 @@ from .connections.base import (
 from .errors import AddressError, HookError, StartupError, UnknownConnectionError
 from .loader import PreparedService, call_hook, load_module, prepare_service
 from .monitoring import PeerWatch
+from .probe import Heartbeat
 from .security import Curve
 from .workflow import IDLE, current_flow, flow_of, new_workflow_id
 
@@ -64,6 +65,7 @@ class RunOptions:
     install_signals: bool = True  # only possible in the main thread
     curve: Curve | None = None
     stop_timeout_s: float = 10.0  # bound on finishing queued work, from the stop request
+    probe_file: str | None = None  # a heartbeat file kept fresh while the loop turns (probe.py)
 
 
 def make_to_send(
@@ -148,6 +150,9 @@ class ServiceRuntime:
         self._loop_thread: threading.Thread | None = None
         self._closed = False
         self._stop_asked_at: float | None = None
+        # Loop starts and idle wake-ups: with frames received, the heartbeat's progress
+        # (probe.py). A serving loop bumps it when it wakes up idle, never per message.
+        self._turns = 0
 
     # ------------------------------------------------------------------ start-up
     @property
@@ -280,13 +285,18 @@ class ServiceRuntime:
         module, config = prepared.module, prepared.config
         installed = self._install_signals()
         code = 0
+        heartbeat: Heartbeat | None = None
         try:
             self._phase = "init"
             if hasattr(module, "init_function"):
                 module.init_function(self.to_send, config)
+            # From here until main or the loop starts, a signal takes the graceful path
+            # (stop, then the handler) rather than unwinding half-done start-up steps.
+            self._phase = "ready"
             LOG.info("%s: ready%s", prepared.name, _describe_endpoints(self.endpoints()))
             if on_ready is not None:
                 on_ready(self)
+            heartbeat = self._start_heartbeat()
             if self.options.main_mode:
                 if not hasattr(module, "main"):
                     raise StartupError(f"{prepared.name}: main mode needs a main(to_send, config)")
@@ -296,6 +306,8 @@ class ServiceRuntime:
                 with signals_blocked():
                     self._loop_thread.start()
                 self._phase = "main"
+                if self._pending_signal is not None:  # signalled before main could start
+                    raise _Interrupted(self._pending_signal[0])
                 module.main(self.to_send, config)
             elif self.inbound:
                 self._phase = "loop"
@@ -306,21 +318,20 @@ class ServiceRuntime:
                     prepared.name,
                 )
         except _Interrupted as interrupted:
-            # main did not return: say so, as a shell would for a process the signal ended.
-            code = 128 + interrupted.signum
+            # In main mode, main did not return: say so, as a shell would for a process
+            # the signal ended. A served loop interrupted in init_function just stopped.
+            code = 128 + interrupted.signum if self.options.main_mode else 0
             self._run_pending_signal_handler()
         except Exception:
-            where = (
-                "main"
-                if self._phase == "main"
-                else "init_function"
-                if self._phase == "init"
-                else "service loop"
+            where = {"main": "main", "init": "init_function", "ready": "start-up"}.get(
+                self._phase, "service loop"
             )
             LOG.exception("%s: %s raised; stopping", prepared.name, where)
             code = 1
         finally:
             self._phase = "stopping"
+            if heartbeat is not None:
+                heartbeat.stop()
             self._shutdown()
             if installed:
                 self._restore_signals(installed)
@@ -336,6 +347,7 @@ class ServiceRuntime:
         readers = [reader for conn in self.inbound.values() for reader in conn.readers()]
         # Handlers in this thread run under the connections' shared flow (see invoke).
         token = current_flow.set(self._flow)
+        self._turns += 1
         try:
             if len(readers) == 1 and not self.options.min_wait_s:
                 self._serve_one(readers[0])
@@ -367,6 +379,7 @@ class ServiceRuntime:
             try:
                 frame = recv()
             except zmq.Again:
+                self._turns += 1  # idle, off the message path
                 continue
             handle(frame)
 
@@ -390,6 +403,8 @@ class ServiceRuntime:
             if min_wait:
                 started = time.monotonic()
             ready: list[tuple[Any, int]] = poller.poll(_POLL_MS)
+            if not ready:
+                self._turns += 1  # an idle wake-up
             for sock, _ in ready:
                 if sock == wake:
                     self._drain_wake()
@@ -415,6 +430,39 @@ class ServiceRuntime:
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             os.read(self._wake_r, 4096)
+
+    def _start_heartbeat(self) -> Heartbeat | None:
+        """With ``probe_file``: a heartbeat that refreshes the file while frames are
+        received or the loop wakes up idle (counts the loop keeps anyway; see probe.py)."""
+        if not self.options.probe_file:
+            return None
+        inbound = list(self.inbound.values())
+        watched = self._peers.watched() if self._peers is not None else frozenset()
+
+        def progress() -> int:
+            return self._turns + sum(connection.stats.received for connection in inbound)
+
+        def status() -> dict[str, Any]:
+            return {
+                "connections": {
+                    side: {
+                        name: {
+                            "binds": connection.binding(),
+                            "endpoints": list(connection.endpoints),
+                            "watched": connection in watched,
+                            "peers": connection.stats.peers_connected
+                            - connection.stats.peers_disconnected,
+                        }
+                        for name, connection in group.items()
+                    }
+                    for side, group in (("in", self.inbound), ("out", self.outbound))
+                }
+            }
+
+        heartbeat = Heartbeat(self.options.probe_file, self.name, progress, status)
+        with signals_blocked():
+            heartbeat.start()
+        return heartbeat
 
     # ------------------------------------------------------------------ stopping
     def stop(self) -> None:

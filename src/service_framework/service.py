@@ -97,6 +97,7 @@ class Service:
     ``curve`` turns on CURVE for every socket (see ``security.Curve``). ``env_prefix``
     adds config from environment variables (``APP_NUM=3`` -> ``num``, converted like
     command-line strings), read when the service starts; ``config=`` wins over them.
+    ``probe_file`` is a heartbeat file kept fresh while the loop turns (see ``probe.py``).
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class Service:
         stop_timeout_s: float = 10.0,
         cli_strings: Mapping[str, str] | None = None,
         env_prefix: str | None = None,
+        probe_file: str | os.PathLike[str] | None = None,
     ) -> None:
         if service_path is not None and service_module is not None:
             raise ValueError("give service_path or service_module, not both")
@@ -147,6 +149,7 @@ class Service:
         if env_prefix is not None and not env_prefix:
             raise ValueError("env_prefix must not be empty (it would read every variable)")
         self.env_prefix = env_prefix
+        self.probe_file = os.fspath(probe_file) if probe_file is not None else None
         self._process: subprocess.Popen[bytes] | None = None
         self._runtime: ServiceRuntime | None = None
         self._lock = threading.Lock()
@@ -317,6 +320,7 @@ class Service:
             min_wait_s=self.min_wait_s,
             curve=self.curve,
             stop_timeout_s=self.stop_timeout_s,
+            probe_file=self.probe_file,
         )
 
     def _source_text(self) -> str:
