@@ -103,6 +103,12 @@ class RequestTimeout(ServiceFrameworkError, TimeoutError):
     """No reply arrived within ``timeout_s`` after every retry."""
 
 
+class HandshakeRefused(ServiceFrameworkError, ConnectionRefusedError):
+    """The server refused this client's CURVE/ZMTP handshake (an unauthorized or
+    revoked key, a wrong ``server_public_key``, CURVE on one side only): retrying the
+    same request cannot help."""
+
+
 class RemoteError(ServiceFrameworkError, RuntimeError):
     """The far side answered with an error instead of a reply.
 

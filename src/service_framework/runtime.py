@@ -38,7 +38,7 @@ from .connections.base import (
 )
 from .errors import AddressError, HookError, StartupError, UnknownConnectionError
 from .loader import PreparedService, call_hook, load_module, prepare_service
-from .monitoring import PeerWatch
+from .monitoring import PeerWatch, raise_fd_limit
 from .security import Curve
 from .workflow import IDLE, current_flow, flow_of, new_workflow_id
 
@@ -154,6 +154,7 @@ class ServiceRuntime:
         prepared = prepare_service(module, config=self._config, cli_strings=self._cli_strings)
         self.prepared = prepared
         addresses = self._setup_addresses(prepared)
+        raise_fd_limit()  # every peer costs a descriptor (see monitoring)
         self._context = zmq.Context()
         self._peers = PeerWatch(prepared.name)
         try:
@@ -163,12 +164,23 @@ class ServiceRuntime:
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_w, False)
             self._open_connections(prepared, addresses)
+            gate = self._authenticator
             with signals_blocked():
-                self._peers.start()
+                self._peers.start(
+                    wake_loop=self._wake, tick=None if gate is None else self._check_keys
+                )
         except BaseException:
             self.close()
             raise
         self._phase = "ready"
+
+    def _check_keys(self) -> None:
+        """Runs in the peer-watch thread about once a second: re-read the authorized
+        keys; a key gone means its clients must handshake again."""
+        gate = self._authenticator
+        peers = self._peers
+        if gate is not None and peers is not None and gate.reload_if_changed():
+            peers.rebind_servers("authorized keys were revoked")
 
     def _setup_addresses(self, prepared: PreparedService) -> dict[str, dict[str, Any]]:
         service, module = prepared.name, prepared.module
@@ -348,10 +360,15 @@ class ServiceRuntime:
         sock, handle, state = reader.socket, reader.handle, self.state
         sock.setsockopt(zmq.RCVTIMEO, _BLOCKING_RECV_MS)
         recv = sock.recv
+        peers = self._peers
         while not state.stopping:
             try:
                 frame = recv()
             except zmq.Again:
+                # Between receive timeouts, not per message: socket repairs the peer
+                # watch asked for (see monitoring).
+                if peers is not None and peers.repairs_pending:
+                    peers.run_repairs()
                 continue
             handle(frame)
 
@@ -371,7 +388,12 @@ class ServiceRuntime:
         state = self.state
         min_wait = self.options.min_wait_s
         started = 0.0
+        peers = self._peers
         while not state.stopping:
+            # Once per poll turn: socket repairs the peer watch asked for (it wakes
+            # the poll when it does; see monitoring).
+            if peers is not None and peers.repairs_pending:
+                peers.run_repairs()
             if min_wait:
                 started = time.monotonic()
             ready: list[tuple[Any, int]] = poller.poll(_POLL_MS)
@@ -402,6 +424,12 @@ class ServiceRuntime:
             os.read(self._wake_r, 4096)
 
     # ------------------------------------------------------------------ stopping
+    def _wake(self) -> None:
+        """Wake the polling loop (thread-safe)."""
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"x")
+
     def stop(self) -> None:
         """Ask the service to stop (thread-safe; also safe from a signal handler)."""
         self.state.stopping = True

@@ -74,6 +74,9 @@ class ConnectionStats:
     retries: int = 0  # outbound attempts repeated on a fresh socket
     peers_connected: int = 0  # connections established (socket monitor)
     peers_disconnected: int = 0  # connections lost, e.g. a heartbeat timed out
+    reconnects: int = 0  # endpoints re-established after libzmq gave up on them
+    handshake_failures: int = 0  # CURVE/ZMTP handshakes refused (by us, or by the server)
+    accept_failures: int = 0  # incoming connections the listener failed to accept
 
 
 @dataclass
@@ -165,7 +168,7 @@ class Connection:
             self.socket_options.apply(sock)
             if self.env.curve is not None:
                 if bind:
-                    self.env.curve.make_server(sock)
+                    self.env.curve.make_server(sock, where=self.where())
                 else:
                     self.env.curve.make_client(sock, addresses, where=self.where())
             if monitored and self.env.monitor is not None:
