@@ -388,12 +388,7 @@ class ServiceRuntime:
         state = self.state
         min_wait = self.options.min_wait_s
         started = 0.0
-        peers = self._peers
         while not state.stopping:
-            # Once per poll turn: socket repairs the peer watch asked for (it wakes
-            # the poll when it does; see monitoring).
-            if peers is not None and peers.repairs_pending:
-                peers.run_repairs()
             if min_wait:
                 started = time.monotonic()
             ready: list[tuple[Any, int]] = poller.poll(_POLL_MS)
@@ -422,6 +417,10 @@ class ServiceRuntime:
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             os.read(self._wake_r, 4096)
+        # The peer watch wakes the loop when a socket needs repairing (see monitoring).
+        peers = self._peers
+        if peers is not None and peers.repairs_pending:
+            peers.run_repairs()
 
     # ------------------------------------------------------------------ stopping
     def _wake(self) -> None:
