@@ -29,7 +29,7 @@ import pytest
 import zmq
 import zmq.auth
 
-from conftest import after_markers, host_port, sync, wait_until, write_json
+from conftest import after_markers, host_port, resync, sync, wait_until, write_json
 from service_framework import AddressError, ConfigError, HandshakeRefused, RequestTimeout
 from service_framework.codec import MessageCodec
 from service_framework.runtime import RunOptions, ServiceRuntime
@@ -1012,3 +1012,50 @@ def test_cli_service_that_only_connects_needs_only_its_secret_key(
         raise AssertionError("the CURVE subscriber never received:\n" + process.log())
     process.signal()
     assert process.finish() == 0
+
+
+def test_a_revoked_subscriber_hears_nothing_more(
+    write_service, run_service, client, keys, caplog
+) -> None:
+    # The publisher is outbound: its socket is re-bound under the connection's lock.
+    caplog.set_level("WARNING", logger="service_framework")
+    shutil.copy(keys.public("stranger"), keys.authorized / "stranger.key")
+    publisher = client(
+        PUBLISHER_MODELS,
+        {"out": {"fills": {"publisher": "127.0.0.1:0"}}},
+        name="curve_publisher",
+        curve=keys.server_curve(),
+    )
+    address = host_port(publisher.endpoints()["out"]["fills"][0])
+    entry = {"subscriber": address, "server_public_key": keys.z85("server")}
+    kept, revoked = (
+        run_service(
+            write_service(f"sub_{name}", SUBSCRIBER),
+            addresses={"in": {"fills": entry}},
+            curve=keys.client_curve(name),
+        )
+        for name in ("client", "stranger")
+    )
+    publish = lambda args: publisher.to_send("fills", args)  # noqa: E731
+    for service in (kept, revoked):
+        sync(publish, service.module.received, {"n": -1})
+
+    (keys.authorized / "stranger.key").unlink()
+    assert wait_until(
+        lambda: any(
+            "curve_publisher: connection 'fills' dropped every client" in r.getMessage()
+            for r in caplog.records
+        ),
+        10,
+    )
+    resync(publish, kept.module.received, {"n": -2})  # back, handshook anew
+    for n in range(20):
+        publish({"n": n})
+    got = [after_markers(kept.module.received, {"n": -2})["n"] for _ in range(20)]
+    assert got == list(range(20))
+    stranger_stats = revoked.runtime.stats()["fills"]
+    assert wait_until(lambda: stranger_stats.handshake_failures >= 1, 10)
+    heard: list[Any] = []
+    while not revoked.module.received.empty():
+        heard.append(revoked.module.received.get_nowait()["n"])
+    assert set(heard) <= {-1}, f"the revoked subscriber heard {heard}"
