@@ -175,3 +175,31 @@ def test_out_of_file_descriptors_is_logged_counted_and_does_not_spin(
     assert found and found[0] >= 1, log
     error_lines = [line for line in log.splitlines() if "failed to accept" in line]
     assert len(error_lines) <= 5, "accept failures are logged rate-limited"
+
+
+def soft_fd_limit(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as handle:
+        for line in handle:
+            if line.startswith("Max open files"):
+                return int(line.split()[3])
+    raise AssertionError("no open-files line in /proc/PID/limits")
+
+
+def test_startup_raises_the_soft_open_files_limit_to_the_hard_one(
+    cli, write_service, tmp_path
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(soft, 256)
+    if hard != resource.RLIM_INFINITY and hard <= low:
+        pytest.skip("the hard limit leaves nothing to raise")
+    write_service("echo", ECHO)
+    write_json(tmp_path / "addresses.json", {"in": {"reply": {"replyer": "127.0.0.1:0"}}})
+    # The child inherits this process's limits at the moment it starts.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        process = cli("-s", "echo.py", "-a", "addresses.json")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    process.ready()
+    expected = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    assert soft_fd_limit(process.popen.pid) == expected

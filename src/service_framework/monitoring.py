@@ -311,6 +311,7 @@ class PeerWatch:
             for endpoint, when in list(watched.lost.items()):
                 if when <= now:
                     del watched.lost[endpoint]
+                    watched.attempts[endpoint] = watched.attempts.get(endpoint, 0) + 1
                     self._owner_runs(watched, functools.partial(self._reconnect, watched, endpoint))
 
     def _read(self, monitor: zmq.Socket[Any], watched: _Watched) -> None:
@@ -422,7 +423,6 @@ class PeerWatch:
             target = connection.endpoints[0]
         if target is None:  # pragma: no cover - an endpoint the connection never named
             return
-        watched.attempts[endpoint] = watched.attempts.get(endpoint, 0) + 1
         try:
             try:
                 watched.socket.disconnect(target)
@@ -440,14 +440,18 @@ class PeerWatch:
             )
             return
         connection.stats.reconnects += 1
+        left_out = self._limiter.allow((connection.name, "reconnect"))
+        if left_out is None:
+            return
         LOG.warning(
             "%s: connection '%s' peer %s dropped the connection and libzmq would not "
             "reconnect (a message over max_message_bytes=%d, or a refused handshake); "
-            "reconnected",
+            "reconnected%s",
             self.service,
             connection.name,
             target,
             connection.socket_options.max_message_bytes,
+            _suppressed(left_out),
         )
 
     def _unbind(self, watched: _Watched, endpoint: str, pause: float) -> None:

@@ -232,12 +232,13 @@ class CurveGate:
     def _look(self) -> object:
         assert self.folder is not None
         try:
+            files = []
             with os.scandir(self.folder) as entries:
-                files = sorted(
-                    (e.name, e.stat().st_ino, e.stat().st_size, e.stat().st_mtime_ns)
-                    for e in entries
-                    if e.name.endswith(".key")
-                )
+                for entry in entries:
+                    if entry.name.endswith(".key"):
+                        info = entry.stat()
+                        files.append((entry.name, info.st_ino, info.st_size, info.st_mtime_ns))
+            files.sort()
             return (os.stat(self.folder).st_mtime_ns, tuple(files))
         except OSError as exc:
             return ("unreadable", str(exc))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
@@ -23,6 +23,9 @@ from ..codec import MessageCodec
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
 from ..transport import send_bytes
 from .base import ConnectionEnv, OutboundConnection
+
+if TYPE_CHECKING:
+    from ..monitoring import RequesterWatch
 
 __all__ = ["Requester"]
 
@@ -55,7 +58,7 @@ class Requester(OutboundConnection):
         self._return_error = model.returns.error
         self._addresses: Mapping[str, Any] = {}
         self.socket: zmq.Socket[Any] | None = None
-        self._watch: Any = None  # the socket's RequesterWatch (handshake refusals)
+        self._watch: RequesterWatch | None = None  # the socket's handshake refusals
         self._refused_socket = False  # the last socket was refused: the next call opens one
 
     @classmethod
@@ -85,8 +88,9 @@ class Requester(OutboundConnection):
         return sock
 
     @staticmethod
-    def _watch_handshakes(sock: zmq.Socket[Any]) -> Any:
-        # Only read while no connection is up or after a timeout: not per message.
+    def _watch_handshakes(sock: zmq.Socket[Any]) -> RequesterWatch:
+        # Read only while no connection is up or after a timeout: not per message.
+        # (Imported here: monitoring imports the connections package.)
         from ..monitoring import RequesterWatch
 
         return RequesterWatch(sock)
@@ -101,7 +105,7 @@ class Requester(OutboundConnection):
         false), or once all of them did."""
         if self._watch is None:
             return None
-        refused: dict[str, str] = self._watch.read(self)
+        refused = self._watch.read(self)
         if not refused or (every and len(refused) < len(self.endpoints)):
             return None
         reasons = "; ".join(f"{peer}: {why}" for peer, why in sorted(refused.items()))
