@@ -269,6 +269,23 @@ def after_markers(received: queue.Queue[Any], marker: Any, timeout: float = 5.0)
             return message
 
 
+def resync(
+    publish: Callable[[Any], object], received: queue.Queue[Any], marker: Any, timeout: float = 20.0
+) -> None:
+    """Publish ``marker`` (one never sent before) until it arrives: unlike ``sync``, an
+    older message still on its way cannot end the wait early."""
+    remaining = _deadline(timeout)
+    while remaining() > 0:
+        publish(marker)
+        try:
+            while received.get(timeout=0.05) != marker:
+                pass
+        except queue.Empty:
+            continue
+        return
+    raise AssertionError(f"{marker} never arrived")
+
+
 def _deadline(timeout: float) -> Callable[[], float]:
     import time
 

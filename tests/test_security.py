@@ -29,8 +29,8 @@ import pytest
 import zmq
 import zmq.auth
 
-from conftest import after_markers, host_port, sync, wait_until, write_json
-from service_framework import AddressError, ConfigError, RequestTimeout
+from conftest import after_markers, host_port, resync, sync, wait_until, write_json
+from service_framework import AddressError, ConfigError, HandshakeRefused, RequestTimeout
 from service_framework.codec import MessageCodec
 from service_framework.runtime import RunOptions, ServiceRuntime
 from service_framework.security import Curve, create_keypair
@@ -134,8 +134,8 @@ class Keys:
         return Curve.from_files(self.secret("server"), self.authorized)
 
     def client_curve(self, name: str = "client") -> Curve:
-        # A pure client binds nothing, so who may connect to it does not matter.
-        return Curve.from_files(self.secret(name), allow_any=True)
+        # A pure client binds nothing: its own key pair is all it needs.
+        return Curve.from_files(self.secret(name))
 
 
 @pytest.fixture
@@ -243,6 +243,20 @@ def test_keygen_cli_writes_a_loadable_pair_with_an_owner_only_secret(tmp_path) -
     assert secret.decode() not in result.stdout + result.stderr  # never printed
 
 
+@pytest.mark.parametrize("umask", [0, 0o022, 0o277], ids=["umask_0", "umask_022", "umask_277"])
+def test_keygen_cli_creates_the_key_directory_0700_whatever_the_umask(tmp_path, umask) -> None:
+    result = run_module("keygen", "certs/team", "alice", cwd=tmp_path, umask=umask)
+    assert result.returncode == 0, result.stderr
+    assert mode(tmp_path / "umask_probe") == 0o666 & ~umask  # that umask really applied
+    assert mode(tmp_path / "certs" / "team") == 0o700
+    assert mode(tmp_path / "certs" / "team" / "alice.key_secret") == 0o600
+    # A directory that already exists is the owner's: left as it is.
+    (tmp_path / "shared").mkdir(mode=0o755)
+    (tmp_path / "shared").chmod(0o755)
+    assert run_module("keygen", "shared", "bob", cwd=tmp_path, umask=umask).returncode == 0
+    assert mode(tmp_path / "shared") == 0o755
+
+
 def test_keygen_cli_refuses_to_overwrite_a_key(tmp_path) -> None:
     assert run_module("keygen", "certs", "alice", cwd=tmp_path).returncode == 0
     secret_file = tmp_path / "certs" / "alice.key_secret"
@@ -331,10 +345,35 @@ def test_from_files_rejects_a_missing_authorized_keys_directory(keys, tmp_path) 
         Curve.from_files(keys.secret("server"), keys.public("client"))  # a file, not a dir
 
 
-def test_from_files_needs_authorized_keys_or_allow_any(keys) -> None:
-    with pytest.raises(ConfigError, match="needs an authorized keys directory"):
-        Curve.from_files(keys.secret("server"))
-    assert Curve.from_files(keys.secret("server"), allow_any=True).allow_any
+def test_a_client_only_identity_needs_no_admission_flag_but_cannot_bind(
+    keys, write_service
+) -> None:
+    curve = Curve.from_files(keys.secret("server"))
+    assert not curve.admits and Curve.from_files(keys.secret("server"), allow_any=True).admits
+    runtime = ServiceRuntime(
+        write_service("replyer", REPLYER),
+        addresses={"in": {"reply": {"replyer": "127.0.0.1:0"}}},
+        options=RunOptions(install_signals=False, curve=curve),
+    )
+    # Fail closed: a server socket must say who may connect.
+    with pytest.raises(ConfigError, match="replyer: connection 'reply' binds, so CURVE needs"):
+        runtime.start()
+    runtime.close()
+
+
+def test_from_files_refuses_a_world_writable_authorized_keys_directory(keys) -> None:
+    keys.authorized.chmod(0o777)
+    with pytest.raises(ConfigError, match="writable by everyone"):
+        Curve.from_files(keys.secret("server"), keys.authorized)
+    keys.authorized.chmod(0o775)  # group-writable is the owner's call
+    assert Curve.from_files(keys.secret("server"), keys.authorized).admits
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_from_files_refuses_a_secret_key_owned_by_another_user(keys) -> None:
+    os.chown(keys.secret("server"), 65534, 65534)
+    with pytest.raises(ConfigError, match=r"owned by uid 65534, not by this user"):
+        Curve.from_files(keys.secret("server"), keys.authorized)
 
 
 # ---------------------------------------------------------------------------- request/reply
@@ -413,8 +452,7 @@ def test_cli_bad_server_key_is_one_error_line(write_service, tmp_path, keys, bad
     write_json(tmp_path / "addresses.json", {"in": {"fills": entry}})
     secret = str(keys.secret("client"))
     result = run_module(
-        "-s", "sub.py", "-a", "addresses.json", "--curve_secret_key", secret, "--curve_allow_any",
-        cwd=tmp_path,
+        "-s", "sub.py", "-a", "addresses.json", "--curve_secret_key", secret, cwd=tmp_path
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "server_public_key" in one_error_line(result.stderr)
@@ -669,23 +707,61 @@ def test_idle_half_open_connections_do_not_block_clients(
         assert_served(curve_client, keys, open_replyer)
 
 
-def test_unauthorized_framework_client_times_out_and_never_reaches_the_handler(
-    replyer, curve_client, keys
+@pytest.mark.parametrize(
+    ("name", "server", "reason"),
+    [
+        pytest.param("stranger", "server", "HANDSHAKE_FAILED_AUTH", id="unknown_key"),
+        pytest.param("client", "stranger", "HANDSHAKE_FAILED_NO_DETAIL", id="wrong_server_key"),
+    ],
+)
+def test_refused_framework_client_is_told_so_and_never_reaches_the_handler(
+    replyer, curve_client, keys, name, server, reason
 ) -> None:
-    stranger = curve_client(
-        keys.client_curve("stranger"), replyer.address("reply"), keys.z85("server"), timeout_s=0.5
+    # The refusal is reported as soon as no server is left to try, or at the latest
+    # when the attempt's time is up (a request already queued waits that long).
+    refused = curve_client(
+        keys.client_curve(name), replyer.address("reply"), keys.z85(server), timeout_s=1
     )
-    with pytest.raises(RequestTimeout):
-        stranger.to_send("request", ORDER)
+    for _ in range(2):  # and again on the fresh socket that replaced the refused one
+        with pytest.raises(HandshakeRefused) as caught:
+            refused.to_send("request", ORDER)
+        message = str(caught.value)
+        assert message.startswith("curve_client: connection 'request': the server refused")
+        assert reason in message and replyer.address("reply") in message
+    stats = refused.stats()["request"]
+    assert stats.handshake_failures >= 2 and stats.failed == 2 and stats.timeouts == 0
+    assert isinstance(caught.value, ConnectionRefusedError)
     assert_untouched(replyer)
 
 
-def test_curve_without_authorized_keys_or_allow_any_fails_closed(keys) -> None:
+def test_refused_handshakes_are_counted_and_logged_rate_limited(
+    replyer, keys, zctx, caplog
+) -> None:
+    caplog.set_level("WARNING", logger="service_framework")
+    stranger = (*keys.pair("stranger"), keys.z85("server").encode())
+    attackers = []
+    try:
+        for _ in range(12):  # each is refused once: libzmq does not retry after a denial
+            sock = zctx.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = stranger
+            sock.connect(f"tcp://{replyer.address('reply')}")
+            attackers.append(sock)
+        stats = replyer.runtime.stats()["reply"]
+        assert wait_until(lambda: stats.handshake_failures == 12, 10), stats
+    finally:
+        for sock in attackers:
+            sock.close(linger=0)
+    lines = [r.getMessage() for r in caplog.records if "rejected a peer's handshake" in r.msg]
+    assert 1 <= len(lines) <= 5, lines
+    assert_untouched(replyer)
+
+
+def test_a_curve_needs_at_most_one_admission_rule(keys) -> None:
     public, secret = keys.pair("server")
-    with pytest.raises(ConfigError, match="exactly one of"):
-        Curve(public, secret)  # neither authorized_keys nor allow_any
-    with pytest.raises(ConfigError, match="exactly one of"):
+    with pytest.raises(ConfigError, match="not both"):
         Curve(public, secret, authorized_keys=Path("."), allow_any=True)
+    assert Curve(public, secret).start(zmq.Context.instance()) is None  # nothing to admit
 
 
 # ---------------------------------------------------------------------------- publish/subscribe
@@ -796,14 +872,21 @@ def test_cli_curve_options_need_a_secret_key(write_service, tmp_path, keys, flag
     [
         ("world_readable", "readable by others; chmod 600 it"),
         ("public_file", "holds no secret key"),
-        ("no_authorized", "needs an authorized keys directory"),
+        ("no_authorized", "connection 'reply' binds, so CURVE needs an authorized keys directory"),
         ("missing_dir", "authorized keys directory not found"),
+        ("world_writable_dir", "is writable by everyone; chmod o-w it"),
+        pytest.param(
+            "foreign_owner",
+            "is owned by uid 65534, not by this user",
+            marks=pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root"),
+        ),
     ],
 )
 def test_cli_bad_curve_setup_is_one_error_line(
     write_service, tmp_path, keys, setup, message
 ) -> None:
     write_service("replyer", REPLYER)
+    write_json(tmp_path / "addresses.json", {"in": {"reply": {"replyer": "127.0.0.1:0"}}})
     secret, authorized = str(keys.secret("server")), str(keys.authorized)
     if setup == "world_readable":
         keys.secret("server").chmod(0o644)
@@ -811,10 +894,14 @@ def test_cli_bad_curve_setup_is_one_error_line(
         secret = str(keys.public("server"))
     elif setup == "missing_dir":
         authorized = str(tmp_path / "nowhere")
+    elif setup == "world_writable_dir":
+        keys.authorized.chmod(0o777)
+    elif setup == "foreign_owner":
+        os.chown(keys.secret("server"), 65534, 65534)
     flags = ["--curve_secret_key", secret]
     if setup != "no_authorized":
         flags += ["--curve_authorized_keys", authorized]
-    result = run_module("-s", "replyer.py", *flags, cwd=tmp_path)
+    result = run_module("-s", "replyer.py", "-a", "addresses.json", *flags, cwd=tmp_path)
     assert result.returncode == 2
     assert message in one_error_line(result.stderr)
 
@@ -830,3 +917,145 @@ def test_rejected_handshake_is_logged(replyer, keys, zctx, caplog) -> None:
     assert all(m.startswith("replyer: connection 'reply' rejected") for m in logged())
     attack_null_client(zctx, replyer.address("reply"), keys)
     assert wait_until(lambda: any("HANDSHAKE_FAILED_AUTH" not in m for m in logged()), 10)
+
+
+# ---------------------------------------------------------------------------- key changes
+def test_a_revoked_key_gets_nothing_through_without_a_restart(
+    write_service, run_service, curve_client, keys, caplog
+) -> None:
+    caplog.set_level("WARNING", logger="service_framework")
+    shutil.copy(keys.public("stranger"), keys.authorized / "stranger.key")
+    replyer = start_replyer(write_service, run_service, keys.server_curve())
+    address, server_key = replyer.address("reply"), keys.z85("server")
+    kept = curve_client(keys.client_curve("client"), address, server_key)
+    revoked = curve_client(keys.client_curve("stranger"), address, server_key, timeout_s=1)
+    for runtime in (kept, revoked):  # both connected and served
+        assert runtime.to_send("request", ORDER)["total"] == 7.5
+        assert replyer.module.calls.get(timeout=5) == ORDER
+
+    (keys.authorized / "stranger.key").unlink()
+
+    def logged(text: str) -> bool:
+        return any(text in r.getMessage() for r in caplog.records)
+
+    assert wait_until(lambda: logged("dropped every client"), 10)
+    assert logged("1 key(s) now, 0 added, 1 removed")
+    # The connection it had is gone, and a new one is refused.
+    with pytest.raises((HandshakeRefused, RequestTimeout)):
+        revoked.to_send("request", ORDER)
+    with pytest.raises(HandshakeRefused, match="HANDSHAKE_FAILED_AUTH"):
+        revoked.to_send("request", ORDER)
+    assert replyer.module.calls.empty(), "a revoked key reached the handler"
+    assert kept.to_send("request", ORDER)["total"] == 7.5  # reconnected, handshook anew
+    assert replyer.runtime.stats()["reply"].received == 3
+
+
+def test_a_key_added_is_admitted_without_a_restart(replyer, curve_client, keys, caplog) -> None:
+    caplog.set_level("WARNING", logger="service_framework")
+    newcomer = curve_client(
+        keys.client_curve("stranger"), replyer.address("reply"), keys.z85("server"), timeout_s=1
+    )
+    with pytest.raises(HandshakeRefused):
+        newcomer.to_send("request", ORDER)
+    shutil.copy(keys.public("stranger"), keys.authorized / "stranger.key")
+    assert wait_until(
+        lambda: any("2 key(s) now, 1 added, 0 removed" in r.getMessage() for r in caplog.records),
+        10,
+    )
+    assert newcomer.to_send("request", ORDER)["total"] == 7.5
+    assert not any("dropped every client" in r.getMessage() for r in caplog.records)
+
+
+CLI_SUBSCRIBER = """
+from service_framework import get_logger
+
+def on_fill(args, to_send, config):
+    get_logger().warning('got n=%d', args['n'])
+
+connection_models = {
+    'in': {
+        'fills': {
+            'connection_type': 'subscriber',
+            'required_creation_arguments': {'connection_function': on_fill},
+            'required_arguments': {'n': int},
+        }
+    }
+}
+"""
+
+
+def test_cli_service_that_only_connects_needs_only_its_secret_key(
+    cli, write_service, tmp_path, client, keys
+) -> None:
+    publisher = client(
+        PUBLISHER_MODELS,
+        {"out": {"fills": {"publisher": "127.0.0.1:0"}}},
+        name="curve_publisher",
+        curve=keys.server_curve(),
+    )
+    address = host_port(publisher.endpoints()["out"]["fills"][0])
+    write_service("sub", CLI_SUBSCRIBER)
+    entry = {"subscriber": address, "server_public_key": str(keys.public("server"))}
+    write_json(tmp_path / "addresses.json", {"in": {"fills": entry}})
+    process = cli(
+        "-s", "sub.py", "-a", "addresses.json", "--curve_secret_key", str(keys.secret("client"))
+    )  # fmt: skip
+    process.ready()
+    for attempt in range(100):  # the slow joiner: publish until one arrives
+        publisher.to_send("fills", {"n": attempt})
+        try:
+            process.wait_for(r"got n=\d+$", timeout=0.1)
+            break
+        except AssertionError:
+            continue
+    else:
+        raise AssertionError("the CURVE subscriber never received:\n" + process.log())
+    process.signal()
+    assert process.finish() == 0
+
+
+def test_a_revoked_subscriber_hears_nothing_more(
+    write_service, run_service, client, keys, caplog
+) -> None:
+    # The publisher is outbound: its socket is re-bound under the connection's lock.
+    caplog.set_level("WARNING", logger="service_framework")
+    shutil.copy(keys.public("stranger"), keys.authorized / "stranger.key")
+    publisher = client(
+        PUBLISHER_MODELS,
+        {"out": {"fills": {"publisher": "127.0.0.1:0"}}},
+        name="curve_publisher",
+        curve=keys.server_curve(),
+    )
+    address = host_port(publisher.endpoints()["out"]["fills"][0])
+    entry = {"subscriber": address, "server_public_key": keys.z85("server")}
+    kept, revoked = (
+        run_service(
+            write_service(f"sub_{name}", SUBSCRIBER),
+            addresses={"in": {"fills": entry}},
+            curve=keys.client_curve(name),
+        )
+        for name in ("client", "stranger")
+    )
+    publish = lambda args: publisher.to_send("fills", args)  # noqa: E731
+    for service in (kept, revoked):
+        sync(publish, service.module.received, {"n": -1})
+
+    (keys.authorized / "stranger.key").unlink()
+    assert wait_until(
+        lambda: any(
+            "curve_publisher: connection 'fills' dropped every client" in r.getMessage()
+            for r in caplog.records
+        ),
+        10,
+    )
+    resync(publish, kept.module.received, {"n": -2})  # back, handshook anew
+    for n in range(20):
+        publish({"n": n})
+    got = [after_markers(kept.module.received, {"n": -2})["n"] for _ in range(20)]
+    assert got == list(range(20))
+    stranger_stats = revoked.runtime.stats()["fills"]
+    assert wait_until(lambda: stranger_stats.handshake_failures >= 1, 10)
+    heard: list[Any] = []
+    while not revoked.module.received.empty():
+        heard.append(revoked.module.received.get_nowait()["n"])
+    assert set(heard) <= {-1}, f"the revoked subscriber heard {heard}"

@@ -97,7 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     add("-l", "--log_path", help="log file path (rotated hourly)")
     add("--traceback", action="store_true", help="show tracebacks for start-up errors")
     add("--curve_secret_key", help="this service's CURVE secret key file (turns CURVE on)")
-    add("--curve_authorized_keys", help="directory of client public keys allowed to connect")
+    add(
+        "--curve_authorized_keys",
+        help="directory of client public keys allowed to connect (re-read on change; a "
+        "service that binds nothing needs neither this nor --curve_allow_any)",
+    )
     add(
         "--curve_allow_any",
         action="store_true",

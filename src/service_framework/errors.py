@@ -128,6 +128,12 @@ def _with_workflow(message: str, workflow_id: str | None) -> str:
     return f"{message} [workflow {workflow_id}]" if workflow_id else message
 
 
+class HandshakeRefused(ServiceFrameworkError, ConnectionRefusedError):
+    """The server refused this client's CURVE/ZMTP handshake (an unauthorized or
+    revoked key, a wrong ``server_public_key``, CURVE on one side only): retrying the
+    same request cannot help."""
+
+
 class RemoteError(ServiceFrameworkError, RuntimeError):
     """The far side answered with an error instead of a reply.
 

@@ -41,7 +41,7 @@ from .connections.base import (
 )
 from .errors import AddressError, HookError, StartupError, UnknownConnectionError
 from .loader import PreparedService, call_hook, load_module, prepare_service
-from .monitoring import PeerWatch
+from .monitoring import PeerWatch, raise_fd_limit
 from .probe import Heartbeat
 from .security import Curve
 from .workflow import IDLE, current_flow, flow_of, new_workflow_id
@@ -169,6 +169,7 @@ class ServiceRuntime:
         prepared = prepare_service(module, config=self._config, cli_strings=self._cli_strings)
         self.prepared = prepared
         addresses = self._setup_addresses(prepared)
+        raise_fd_limit()  # every peer costs a descriptor (see monitoring)
         self._context = zmq.Context()
         self._peers = PeerWatch(prepared.name)
         try:
@@ -178,12 +179,23 @@ class ServiceRuntime:
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_w, False)
             self._open_connections(prepared, addresses)
+            gate = self._authenticator
             with signals_blocked():
-                self._peers.start()
+                self._peers.start(
+                    wake_loop=self._wake, tick=None if gate is None else self._check_keys
+                )
         except BaseException:
             self.close()
             raise
         self._phase = "ready"
+
+    def _check_keys(self) -> None:
+        """Runs in the peer-watch thread about once a second: re-read the authorized
+        keys; a key gone means its clients must handshake again."""
+        gate = self._authenticator
+        peers = self._peers
+        if gate is not None and peers is not None and gate.reload_if_changed():
+            peers.rebind_servers("authorized keys were revoked")
 
     def _setup_addresses(self, prepared: PreparedService) -> dict[str, dict[str, Any]]:
         service, module = prepared.name, prepared.module
@@ -375,11 +387,16 @@ class ServiceRuntime:
         sock, handle, state = reader.socket, reader.handle, self.state
         sock.setsockopt(zmq.RCVTIMEO, _BLOCKING_RECV_MS)
         recv = sock.recv
+        peers = self._peers
         while not state.stopping:
             try:
                 frame = recv()
             except zmq.Again:
                 self._turns += 1  # idle, off the message path
+                # Between receive timeouts, not per message: socket repairs the peer
+                # watch asked for (see monitoring).
+                if peers is not None and peers.repairs_pending:
+                    peers.run_repairs()
                 continue
             handle(frame)
 
@@ -430,6 +447,10 @@ class ServiceRuntime:
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             os.read(self._wake_r, 4096)
+        # The peer watch wakes the loop when a socket needs repairing (see monitoring).
+        peers = self._peers
+        if peers is not None and peers.repairs_pending:
+            peers.run_repairs()
 
     def _start_heartbeat(self) -> Heartbeat | None:
         """With ``probe_file``: a heartbeat that refreshes the file while frames are
@@ -465,6 +486,12 @@ class ServiceRuntime:
         return heartbeat
 
     # ------------------------------------------------------------------ stopping
+    def _wake(self) -> None:
+        """Wake the polling loop (thread-safe)."""
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"x")
+
     def stop(self) -> None:
         """Ask the service to stop (thread-safe; also safe from a signal handler)."""
         if self._stop_asked_at is None:

@@ -74,6 +74,9 @@ class ConnectionStats:
     retries: int = 0  # outbound attempts repeated on a fresh socket
     peers_connected: int = 0  # connections established (socket monitor)
     peers_disconnected: int = 0  # connections lost, e.g. a heartbeat timed out
+    reconnects: int = 0  # endpoints re-established after libzmq gave up on them
+    handshake_failures: int = 0  # CURVE/ZMTP handshakes refused (by us, or by the server)
+    accept_failures: int = 0  # incoming connections the listener failed to accept
 
 
 @dataclass
@@ -163,10 +166,12 @@ class Connection:
         *,
         monitored: bool = True,
         options: Mapping[int, int] | None = None,
+        before_connect: Callable[[zmq.Socket[Any]], None] | None = None,
     ) -> zmq.Socket[Any]:
         """A new socket of ``kind`` with the safe defaults, then the type's own
         ``options`` (zmq option -> value), security, monitoring (unless ``monitored`` is
-        false), bound or connected.
+        false), ``before_connect(sock)`` (e.g. a monitor of the type's own), bound or
+        connected.
 
         Every option is set here, before the socket binds or connects: libzmq reads
         several of them (``IMMEDIATE``, the HWMs, ``MAXMSGSIZE``, heartbeats) only when a
@@ -183,11 +188,13 @@ class Connection:
                 sock.setsockopt(option, value)
             if self.env.curve is not None:
                 if bind:
-                    self.env.curve.make_server(sock)
+                    self.env.curve.make_server(sock, where=self.where())
                 else:
                     self.env.curve.make_client(sock, addresses, where=self.where())
             if monitored and self.env.monitor is not None:
                 self.env.monitor(sock, self)
+            if before_connect is not None:
+                before_connect(sock)
             self.endpoints = bind_or_connect(sock, endpoints, bind=bind, where=self.where(key))
         except BaseException:
             sock.close(linger=0)

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
 from ..codec import MessageCodec
-from ..errors import DecodeError, RemoteError, RequestTimeout, ValidationError
+from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
 from ..transport import send_bytes
 from .base import ConnectionEnv, OutboundConnection
+
+if TYPE_CHECKING:
+    from ..monitoring import RequesterWatch
 
 __all__ = ["Requester"]
 
@@ -56,6 +59,8 @@ class Requester(OutboundConnection):
         self._return_error = model.returns.error
         self._addresses: Mapping[str, Any] = {}
         self.socket: zmq.Socket[Any] | None = None
+        self._watch: RequesterWatch | None = None  # the socket's handshake refusals
+        self._refused_socket = False  # the last socket was refused: the next call opens one
 
     @classmethod
     def prepare(
@@ -77,22 +82,61 @@ class Requester(OutboundConnection):
         # Not monitored: each retry replaces the socket, and a timeout already says the
         # peer is gone. IMMEDIATE must be set before connecting (see Connection._socket):
         # then a replyer that is down, or stopped mid-handshake, gets no pipe, and
-        # requests go only to replyers that completed a handshake.
-        return self._socket(
-            zmq.REQ,
-            self._addresses,
-            "requester",
-            monitored=False,
-            options={
-                zmq.IMMEDIATE: 1,
-                zmq.SNDTIMEO: self._timeout_ms,
-                zmq.RCVTIMEO: self._timeout_ms,
-            },
+        # requests go only to replyers that completed a handshake. The handshake watch is
+        # attached before connecting too, so no refusal is missed.
+        watches: list[RequesterWatch] = []
+        try:
+            sock = self._socket(
+                zmq.REQ,
+                self._addresses,
+                "requester",
+                monitored=False,
+                options={
+                    zmq.IMMEDIATE: 1,
+                    zmq.SNDTIMEO: self._timeout_ms,
+                    zmq.RCVTIMEO: self._timeout_ms,
+                },
+                before_connect=lambda sock: watches.append(self._watch_handshakes(sock)),
+            )
+        except BaseException:
+            for watch in watches:  # the socket is closed; its monitor goes too
+                watch.monitor.close(linger=0)
+            raise
+        self._watch = watches[0]
+        return sock
+
+    @staticmethod
+    def _watch_handshakes(sock: zmq.Socket[Any]) -> RequesterWatch:
+        # Read only while no connection is up or after a timeout: not per message.
+        # (Imported here: monitoring imports the connections package.)
+        from ..monitoring import RequesterWatch
+
+        return RequesterWatch(sock)
+
+    def _unwatch(self, sock: zmq.Socket[Any]) -> None:
+        if self._watch is not None:
+            self._watch.close(sock)
+            self._watch = None
+
+    def _refused(self, every: bool) -> HandshakeRefused | None:
+        """The error for a refused handshake: once one endpoint refused (``every``
+        false), or once all of them did."""
+        if self._watch is None:
+            return None
+        refused = self._watch.read(self)
+        if not refused or (every and len(refused) < len(self.endpoints)):
+            return None
+        reasons = "; ".join(f"{peer}: {why}" for peer, why in sorted(refused.items()))
+        return HandshakeRefused(
+            f"{self.env.service}: connection '{self.name}': the server refused the "
+            f"handshake ({reasons})"
         )
 
     def close(self) -> None:
         with self.lock:
+            self._refused_socket = False
             if self.socket is not None:
+                self._unwatch(self.socket)
                 self.socket.close(linger=0)  # a pending request has no one to answer it
                 self.socket = None
 
@@ -145,7 +189,11 @@ class Requester(OutboundConnection):
         for attempt in range(attempts):
             sock = self.socket
             if sock is None:
-                raise RuntimeError(f"{self.env.service}: connection '{self.name}' is closed")
+                if not self._refused_socket:
+                    raise RuntimeError(f"{self.env.service}: connection '{self.name}' is closed")
+                # Handshake afresh, now: the server's keys may have changed since.
+                self._refused_socket = False
+                sock = self.socket = self._fresh_socket()
             stats.received += 1
             if attempt:
                 stats.retries += 1
@@ -158,7 +206,16 @@ class Requester(OutboundConnection):
                     sock.setsockopt(zmq.RCVTIMEO, self._timeout_ms)
                     return reply
                 return sock.recv()
+            except HandshakeRefused:
+                stats.failed += 1
+                self._drop_refused(sock)
+                raise
             except zmq.Again:
+                refused = self._refused(every=False)
+                if refused is not None:  # a retry would be refused the same way
+                    stats.failed += 1
+                    self._drop_refused(sock)
+                    raise refused from None
                 stats.timeouts += 1
                 self.env.log.warning(
                     "%s: connection '%s' got no reply within %gs (attempt %d of %d)",
@@ -182,7 +239,14 @@ class Requester(OutboundConnection):
             f"attempt(s) of {self.timeout_s:g}s each ({', '.join(self.endpoints)})"
         )
 
+    def _drop_refused(self, sock: zmq.Socket[Any]) -> None:
+        self._unwatch(sock)
+        sock.close(linger=0)
+        self.socket = None
+        self._refused_socket = True
+
     def _replace_socket(self, sock: zmq.Socket[Any]) -> None:
+        self._unwatch(sock)
         sock.close(linger=0)
         self.socket = None  # closed, should a fresh one fail to open
         self.socket = self._fresh_socket()
@@ -191,6 +255,20 @@ class Requester(OutboundConnection):
         """Send once a connection is up (``IMMEDIATE``), within the attempt's budget; only
         what is left of that budget is then allowed for the reply."""
         started = time.monotonic()
+        deadline = started + self.timeout_s
+        if self._watch is not None:
+            # Wait for a connection, or for every server to refuse the handshake.
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLOUT)
+            poller.register(self._watch.monitor, zmq.POLLIN)
+            while not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise zmq.Again()
+                poller.poll(max(1, int(left * 1000)))
+                refused = self._refused(every=True)
+                if refused is not None:
+                    raise refused
         sock.send(frame)  # SNDTIMEO: raises zmq.Again when no peer appears in time
         left_ms = max(1, int((self.timeout_s - (time.monotonic() - started)) * 1000))
         sock.setsockopt(zmq.RCVTIMEO, left_ms)
