@@ -20,7 +20,9 @@ know. ``meta`` is room for metadata that travels with a message (deadlines, trac
 
 Decoding a request validates its ``args`` against the connection's compiled model in
 the same msgspec pass, and restores ``Decimal``, ``UUID``, ``bytes``, sets and tuples.
-Nothing is ever unpickled: msgpack has no code-bearing types and no ext hook is set.
+Nothing is ever unpickled: msgpack has no code-bearing types. numpy arrays travel as a
+msgpack extension type holding dtype, shape and the raw elements (``arrays.py``); only
+decoders whose models declare an array get its hook.
 """
 
 from __future__ import annotations
@@ -31,8 +33,17 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from .arrays import decode_ext, encode_hook
 from .errors import DecodeError
-from .validation import DictNode, FieldsNode, Node, Validator, build_converter, node_at
+from .validation import (
+    DictNode,
+    FieldsNode,
+    Node,
+    Validator,
+    build_converter,
+    contains_arrays,
+    node_at,
+)
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -88,7 +99,9 @@ class Reply(Protocol):
     workflow_id: str
 
 
-_ENCODER = msgspec.msgpack.Encoder()
+# msgspec calls enc_hook only for values it cannot encode itself (numpy arrays): no cost
+# for messages without them.
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=encode_hook)
 _LOOSE = msgspec.msgpack.Decoder(_Loose)
 _LOOSE_FRAME = msgspec.msgpack.Decoder(_LooseFrame)
 
@@ -218,7 +231,9 @@ class _Decoding:
         check_loose: Callable[[Any], Exception | None] | None = None,
     ):
         # Envelope structs are built at run time; read their fields as Any.
-        self.decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(envelope)
+        self.decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
+            envelope, ext_hook=decode_ext if contains_arrays(node) else None
+        )
         self.convert = build_converter(node)
         self.root = root  # where the payload sits in the frame, e.g. "$.args"
         self.validator = validator
