@@ -851,8 +851,9 @@ def _array_node(spec: object) -> NdarrayNode | None:
     np: Any = sys.modules.get("numpy")
     if np is None:
         return None
-    if spec is np.ndarray or typing.get_origin(spec) is np.ndarray:
-        return NdarrayNode(np.ndarray)
+    ndarray: type = np.ndarray
+    if spec is ndarray or typing.get_origin(spec) is ndarray:
+        return NdarrayNode(ndarray)
     return None
 
 
