@@ -16,8 +16,10 @@ objects (``dtype=object``, or structured dtypes holding objects) could only trav
 pickle and are refused before anything is sent; structured dtypes are refused too (their
 field layout is not part of ``dtype.str``).
 
-A received array is a fresh, writable, aligned copy that owns its memory (not a view
-into the message: that would be read-only and possibly misaligned).
+A received array is a read-only view into the received message, as ``np.frombuffer``
+gives (0.0.20 handed out the same): no copy is made, the message stays in memory while
+the array lives, and the elements may not be aligned. ``array.copy()`` gives a
+writable, aligned array of its own.
 
 numpy is imported only by a service whose models declare an array (the type itself is
 then already imported) or by a decoder that meets this extension type.
@@ -25,12 +27,16 @@ then already imported) or by a decoder that meets this extension type.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import platform
 import sys
+import threading
 from typing import Any, Final
 
 import msgspec
 
-__all__ = ["NDARRAY_EXT", "decode_ext", "encode_hook", "unsendable_dtype"]
+__all__ = ["NDARRAY_EXT", "decode_ext", "encode_hook", "keep_large_blocks", "unsendable_dtype"]
 
 NDARRAY_EXT: Final = 1
 _LAYOUT: Final = 1
@@ -38,6 +44,43 @@ _MAX_DIMS: Final = 64  # numpy's own limit (NPY_MAXDIMS in numpy 2)
 # Kinds with a fixed-size, byte-for-byte representation: bool, ints, uints, floats,
 # complex, datetime64, timedelta64, bytes, unicode, raw void.
 _KINDS: Final = frozenset("biufcmMSUV")
+
+
+# glibc's mallopt parameters (malloc.h) and the values a service with arrays uses.
+_M_TRIM_THRESHOLD: Final = -1
+_M_MMAP_THRESHOLD: Final = -3
+_MMAP_THRESHOLD_BYTES: Final = 32 * 1024 * 1024  # glibc's maximum on 64-bit
+_TRIM_THRESHOLD_BYTES: Final = 64 * 1024 * 1024
+_tuned = False
+
+
+def keep_large_blocks() -> None:
+    """Make glibc keep freed megabyte-sized blocks for reuse (once per process; called
+    when a model declares an array).
+
+    Each array message allocates frame-sized buffers (the received frame, the encoded
+    reply, libzmq's copy). By default glibc serves blocks over 128 KiB with mmap and
+    returns freed memory at the top of the heap to the kernel beyond a small threshold,
+    so every message faults its pages in again: hundreds of page faults per megabyte
+    message, more than the copies themselves cost. With blocks up to 32 MiB taken from
+    the heap and up to 64 MiB of freed heap kept, they are reused instead. Left alone
+    when the process sets glibc's malloc tunables itself (``MALLOC_*_`` or
+    ``GLIBC_TUNABLES``), and off glibc.
+    """
+    global _tuned
+    if _tuned:
+        return
+    _tuned = True
+    if platform.libc_ver()[0] != "glibc":
+        return
+    if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - glibc always has it
+        return
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+    mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD_BYTES)
 
 
 def unsendable_dtype(dtype: Any) -> str | None:
@@ -51,7 +94,15 @@ def unsendable_dtype(dtype: Any) -> str | None:
     return None
 
 
-def _payload(array: Any) -> bytes:
+# The payload is assembled in a buffer each thread keeps and reuses (msgspec copies it
+# into the frame at once, and a thread encodes one message at a time): a fresh
+# megabyte-sized allocation per message costs more than the copy itself, since glibc
+# hands large blocks back to the kernel and takes page faults to get them again.
+_REUSE_MAX_BYTES: Final = 8 * 1024 * 1024  # larger payloads get a buffer of their own
+_scratch = threading.local()
+
+
+def _payload(array: Any) -> memoryview | bytes:
     np = sys.modules["numpy"]
     why = unsendable_dtype(array.dtype)
     if why is not None:
@@ -64,10 +115,21 @@ def _payload(array: Any) -> bytes:
     header.append(array.ndim)
     for dim in array.shape:
         header += dim.to_bytes(8, "little")
-    # One copy: the element bytes straight after the header (a view, for a C-contiguous
-    # array; a contiguous copy first otherwise).
-    raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
-    return bytes(header) + memoryview(raw)
+    nbytes = array.size * array.dtype.itemsize
+    if len(header) + nbytes > _REUSE_MAX_BYTES:
+        # A view of a C-contiguous array, a contiguous copy of any other.
+        return bytes(header) + memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    # The elements go at an aligned offset of the buffer, the header just before them:
+    # numpy copies (even from a slice or a transpose) at full speed into aligned memory.
+    start = -(-len(header) // 64) * 64
+    buffer: bytearray | None = getattr(_scratch, "buffer", None)
+    if buffer is None or len(buffer) < start + nbytes:
+        buffer = _scratch.buffer = bytearray(max(start + nbytes, 4096))
+    buffer[start - len(header) : start] = header
+    if nbytes:
+        target = np.frombuffer(buffer, array.dtype, array.size, start)
+        target.reshape(array.shape)[...] = array
+    return memoryview(buffer)[start - len(header) : start + nbytes]
 
 
 def encode_hook(obj: Any) -> Any:
@@ -123,8 +185,10 @@ def decode_ext(code: int, data: memoryview) -> Any:
             f"numpy array extension: shape {shape} of {dtype.str} needs "
             f"{count * dtype.itemsize} bytes, got {size - start}"
         )
-    array = np.empty(shape, dtype)
-    if count:
-        # A copy that owns its memory: writable and aligned, and the message can go.
-        array.reshape(-1)[...] = np.frombuffer(data, dtype, count, start)
+    if not count:
+        array = np.empty(shape, dtype)
+    else:
+        # A view into the message, as np.frombuffer gives: no copy, read-only.
+        array = np.frombuffer(data, dtype, count, start).reshape(shape)
+    array.flags.writeable = False
     return array

@@ -853,6 +853,9 @@ def _array_node(spec: object) -> NdarrayNode | None:
         return None
     ndarray: type = np.ndarray
     if spec is ndarray or typing.get_origin(spec) is ndarray:
+        from .arrays import keep_large_blocks
+
+        keep_large_blocks()  # array messages are large: see there
         return NdarrayNode(ndarray)
     return None
 
