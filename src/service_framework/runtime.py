@@ -39,6 +39,7 @@ from .connections.base import (
 from .errors import AddressError, HookError, StartupError, UnknownConnectionError
 from .loader import PreparedService, call_hook, load_module, prepare_service
 from .monitoring import PeerWatch
+from .names import NameWatch
 from .security import Curve
 from .workflow import IDLE, current_flow, flow_of, new_workflow_id
 
@@ -132,6 +133,7 @@ class ServiceRuntime:
         self._authenticator: Any = None
         self._wake_r, self._wake_w = -1, -1
         self._peers: PeerWatch | None = None
+        self._names: NameWatch | None = None
         self._flow = flow_of(IDLE)  # the serving thread's current flow (see invoke)
         self._phase = "new"
         self._pending_signal: tuple[int, FrameType | None] | None = None
@@ -156,6 +158,7 @@ class ServiceRuntime:
         addresses = self._setup_addresses(prepared)
         self._context = zmq.Context()
         self._peers = PeerWatch(prepared.name)
+        self._names = NameWatch(prepared.name, wake=self._wake)
         try:
             if self.options.curve is not None:
                 with signals_blocked():
@@ -165,6 +168,7 @@ class ServiceRuntime:
             self._open_connections(prepared, addresses)
             with signals_blocked():
                 self._peers.start()
+                self._names.start()
         except BaseException:
             self.close()
             raise
@@ -236,6 +240,7 @@ class ServiceRuntime:
             flow=self._flow,
             debug=debug,
             log=env_log,
+            names=self._names,
         )
         for name, model in prepared.models.outbound.items():
             out_conn = model.kind(model, env)
@@ -325,7 +330,10 @@ class ServiceRuntime:
         # Handlers in this thread run under the connections' shared flow (see invoke).
         token = current_flow.set(self._flow)
         try:
-            if len(readers) == 1 and not self.options.min_wait_s:
+            # An inbound socket connected to a host name needs the polling loop: the
+            # resolver wakes it to apply address changes in this thread.
+            names_in_loop = self._names is not None and self._names.in_loop
+            if len(readers) == 1 and not self.options.min_wait_s and not names_in_loop:
                 self._serve_one(readers[0])
             else:
                 self._serve_many(readers)
@@ -378,6 +386,8 @@ class ServiceRuntime:
             for sock, _ in ready:
                 if sock == wake:
                     self._drain_wake()
+                    if self._names is not None:
+                        self._names.apply_pending()
                     continue
                 reader = by_socket[sock]
                 handle = reader.handle
@@ -396,6 +406,12 @@ class ServiceRuntime:
                 # Sleep, but wake at once when asked to stop.
                 if remaining > 0 and pause.poll(int(remaining * 1000)):
                     self._drain_wake()
+
+    def _wake(self) -> None:
+        """Wake the polling loop (thread-safe) without asking it to stop."""
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"n")
 
     def _drain_wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -482,6 +498,9 @@ class ServiceRuntime:
         if self._closed:
             return
         self._closed = True
+        if self._names is not None:
+            self._names.close()  # before the sockets it may touch close
+            self._names = None
         if self._peers is not None:
             self._peers.close()
             self._peers = None
