@@ -14,6 +14,7 @@ import msgspec
 import pytest
 import zmq
 
+from conftest import host_port, sync
 from service_framework import InlineServices, RemoteError, ValidationError
 
 np = pytest.importorskip("numpy")
@@ -210,7 +211,7 @@ def good_payload() -> bytes:
 @pytest.mark.parametrize(
     ("payload", "expected"),
     [
-        (b"", "unknown layout"),
+        (b"", "0 bytes cannot hold an array"),
         (bytes([9, 3]) + b"<f8", "unknown layout"),
         (bytes([1, 40]) + b"<f8", "truncated header"),
         (bytes([1, 3]) + b"zz9" + bytes([0]), "bad dtype"),
@@ -372,3 +373,46 @@ def test_services_without_arrays_do_not_import_numpy(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "numpy imported: False" in done.stdout
+
+
+ARRAY_SUBSCRIBER = """
+import queue
+import numpy as np
+
+received = queue.Queue()
+
+def on_frame(args, to_send, config):
+    received.put(args)
+
+connection_models = {'in': {'frames': {
+    'connection_type': 'subscriber',
+    'required_creation_arguments': {'connection_function': on_frame},
+    'optional_creation_arguments': {'topic': 'frames'},
+    'required_arguments': {'seq': int, 'frame': np.ndarray},
+}}}
+"""
+
+
+def test_arrays_are_published_and_received(run_service, write_service, client) -> None:
+    model = {
+        "connection_type": "publisher",
+        "optional_creation_arguments": {"topic": "frames", "wait_after_creation_s": 0},
+        "required_arguments": {"seq": int, "frame": np.ndarray},
+    }
+    publisher = client(
+        {"out": {"frames": model}}, {"out": {"frames": {"publisher": "127.0.0.1:0"}}}
+    )
+    address = host_port(publisher.endpoints()["out"]["frames"][0])
+    path = write_service("array_subscriber", ARRAY_SUBSCRIBER)
+    subscriber = run_service(str(path), addresses={"in": {"frames": {"subscriber": address}}})
+    received = subscriber.module.received
+    marker = {"seq": -1, "frame": np.zeros(1)}
+    sync(lambda m: publisher.to_send("frames", m), received, marker)
+    frame = np.arange(12, dtype="<u2").reshape(3, 4)[:, ::2]  # a strided view
+    publisher.to_send("frames", {"seq": 1, "frame": frame})
+    while True:
+        got = received.get(timeout=10)
+        if got["seq"] != -1:
+            break
+    assert got["seq"] == 1
+    assert_same(got["frame"], frame)

@@ -159,9 +159,10 @@ def decode_ext(code: int, data: memoryview) -> Any:
     except ImportError:  # pragma: no cover - a model declaring arrays imported it
         raise MalformedArray("a numpy array arrived but numpy is not installed") from None
     size = len(data)
-    if size < 3 or data[0] != _LAYOUT:
-        layout = data[0] if size else None
-        raise MalformedArray(f"numpy array extension: unknown layout {layout!r}")
+    if size < 3:
+        raise MalformedArray(f"numpy array extension: {size} bytes cannot hold an array")
+    if data[0] != _LAYOUT:
+        raise MalformedArray(f"numpy array extension: unknown layout {data[0]}")
     end = 2 + data[1]
     if end + 1 > size:
         raise MalformedArray("numpy array extension: truncated header")

@@ -57,16 +57,23 @@ def host_name_of(endpoint: Endpoint) -> tuple[str, str] | None:
 
 
 def _resolve(host: str, port: str) -> list[str]:
-    """Every TCP endpoint ``host`` resolves to, sorted; raises ``OSError``."""
+    """Every TCP endpoint ``host`` resolves to, sorted; raises ``OSError``.
+
+    IPv4 addresses when there are any, else IPv6 ones: a dual-stack name lists each peer
+    once per family, and a subscriber connected to both would hear every message twice.
+    """
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    urls = set()
-    for family, _, _, _, address in found:
-        ip = str(address[0])
-        if family == socket.AF_INET6:
-            urls.add(f"tcp://[{ip.partition('%')[0]}]:{port}")
-        elif family == socket.AF_INET:
-            urls.add(f"tcp://{ip}:{port}")
-    return sorted(urls)
+    v4 = {f"tcp://{a[0]}:{port}" for family, _, _, _, a in found if family == socket.AF_INET}
+    if v4:
+        return sorted(v4)
+    v6 = {
+        f"tcp://[{str(a[0]).partition('%')[0]}]:{port}"
+        for family, _, _, _, a in found
+        if family == socket.AF_INET6
+    }
+    if not v6:
+        raise OSError(f"no IPv4 or IPv6 address for {host!r}")
+    return sorted(v6)
 
 
 class _Target:

@@ -406,6 +406,8 @@ class ServiceRuntime:
                 # Sleep, but wake at once when asked to stop.
                 if remaining > 0 and pause.poll(int(remaining * 1000)):
                     self._drain_wake()
+                    if self._names is not None:
+                        self._names.apply_pending()
 
     def _wake(self) -> None:
         """Wake the polling loop (thread-safe) without asking it to stop."""
