@@ -32,7 +32,15 @@ import time
 from pathlib import Path
 
 import _harness
-from _harness import PYTHON, Procs, cli_argv, in_session, paired_summary, read_result
+from _harness import (
+    PYTHON,
+    Procs,
+    cli_argv,
+    cpu_seconds,
+    in_session,
+    paired_summary,
+    read_result,
+)
 
 TARGET_RATIO = 0.7
 START_TIMEOUT_S = 20.0
@@ -124,16 +132,25 @@ def measure(
                 server, name = bare_server_proc, f"bare client (round {i})"
                 argv = [PYTHON, __file__, "_bare_client", bare_port, str(n), str(warmup)]
                 argv += [str(size), str(result)]
+            server_cpu = cpu_seconds(server.pid)
             client = procs.start(name, argv, role="client")
             client.wait_exit(client_timeout, watch=[server])
             server.check_alive()
-            results[kind].append(read_result(result, name))
+            data = read_result(result, name)
+            data["server_cpu_s"] = cpu_seconds(server.pid) - server_cpu
+            results[kind].append(data)
         print(
             f"  round {i}/{rounds}: framework {results['framework'][-1]['rate']:>8,.0f}/s   "
             f"bare {results['bare'][-1]['rate']:>8,.0f}/s",
             flush=True,
         )
     return results
+
+
+def cpu_per_trip(result: dict[str, float], n: int, warmup: int) -> float:
+    """Client CPU (timed loop) plus server CPU (sampled around the whole client run, so
+    per round trip of warm-up and timed ones alike), in microseconds."""
+    return 1e6 * (result["cpu_s"] / n + result["server_cpu_s"] / (n + warmup))
 
 
 def run(n: int, rounds: int, warmup: int, size: int) -> int:
@@ -148,15 +165,23 @@ def run(n: int, rounds: int, warmup: int, size: int) -> int:
         f"float64 array round trips per second ({size:,} bytes each way, N={n:,}, "
         f"warmup {warmup:,}, {rounds} rounds)"
     )
-    print(f"  {'':<30}{'median/s':>10}{'min/s':>10}{'max/s':>10}{'us/trip':>10}{'MB/s':>9}")
+    print(
+        f"  {'':<30}{'median/s':>10}{'min/s':>10}{'max/s':>10}{'us/trip':>10}{'MB/s':>9}"
+        f"{'CPU/trip':>11}"
+    )
     labels = {"framework": "framework (CLI processes)", "bare": "bare pyzmq, raw buffer"}
     for kind, runs in results.items():
         rates = [r["rate"] for r in runs]
         median = statistics.median(rates)
+        cpu_us = statistics.median(cpu_per_trip(r, n, warmup) for r in runs)
         print(
             f"  {labels[kind]:<30}{median:>10,.0f}{min(rates):>10,.0f}{max(rates):>10,.0f}"
-            f"{1e6 / median:>10.0f}{2 * size * median / 1e6:>9,.0f}"
+            f"{1e6 / median:>10.0f}{2 * size * median / 1e6:>9,.0f}{cpu_us:>8,.0f} us"
         )
+    print(
+        "  (CPU/trip: client and server process CPU time per round trip, all threads; far "
+        "less disturbed by other load than wall time)"
+    )
     print(f"  load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     ratio, rounds_line = paired_summary(
         [r["rate"] for r in results["framework"]], [r["rate"] for r in results["bare"]]
@@ -167,6 +192,12 @@ def run(n: int, rounds: int, warmup: int, size: int) -> int:
         f"ratio framework/bare: {ratio:.2f}x (median of per-round ratios; target >= "
         f"{TARGET_RATIO}x, {verdict} it)"
     )
+    cpu_ratio, cpu_line = paired_summary(
+        [1 / cpu_per_trip(r, n, warmup) for r in results["framework"]],
+        [1 / cpu_per_trip(r, n, warmup) for r in results["bare"]],
+    )
+    print(cpu_line)
+    print(f"CPU ratio bare/framework: {cpu_ratio:.2f}x (round trips per CPU second)")
     return 0
 
 

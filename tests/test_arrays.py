@@ -191,47 +191,55 @@ def raw(replyer, zctx):
     sock.close()
 
 
-def ext_request(payload: bytes) -> bytes:
+def ext_request(value: Any) -> bytes:
     return msgspec.msgpack.encode(
-        {
-            "v": 1,
-            "workflow_id": "wf-bad",
-            "args": {"one": msgspec.msgpack.Ext(1, payload), "many": [], "named": {}},
-        }
+        {"v": 1, "workflow_id": "wf-bad", "args": {"one": value, "many": [], "named": {}}}
     )
 
 
-def good_payload() -> bytes:
-    # The same bytes the framework sends for np.arange(3.0).
-    return (
-        bytes([1, 3]) + b"<f8" + bytes([1]) + (3).to_bytes(8, "little") + np.arange(3.0).tobytes()
-    )
+def header(dtype: bytes, *shape: int, layout: int = 1, ndim: int | None = None) -> Any:
+    dims = b"".join(d.to_bytes(8, "little") for d in shape)
+    count = len(shape) if ndim is None else ndim
+    return Ext(1, bytes([layout, len(dtype)]) + dtype + bytes([count]) + dims)
+
+
+Ext = msgspec.msgpack.Ext
+# The same two extension values the framework sends for np.arange(3.0).
+GOOD = [header(b"<f8", 3), Ext(2, np.arange(3.0).tobytes())]
 
 
 @pytest.mark.parametrize(
-    ("payload", "expected"),
+    ("value", "expected"),
     [
-        (b"", "0 bytes cannot hold an array"),
-        (bytes([9, 3]) + b"<f8", "unknown layout"),
-        (bytes([1, 40]) + b"<f8", "truncated header"),
-        (bytes([1, 3]) + b"zz9" + bytes([0]), "bad dtype"),
-        (bytes([1, 2]) + b"|O" + bytes([1]) + (1).to_bytes(8, "little") + bytes(8), "pickle"),
-        (bytes([1, 3]) + b"<f8" + bytes([200]), "number of dimensions"),
-        (bytes([1, 3]) + b"<f8" + bytes([1]) + (4).to_bytes(8, "little") + bytes(8), "needs 32"),
-        (bytes([1, 3]) + b"<f8" + bytes([2]) + (2**64 - 1).to_bytes(8, "little") * 2, "needs"),
+        ([Ext(1, b""), Ext(2, b"")], "a header of 0 bytes"),
+        ([header(b"<f8", 3, layout=9), GOOD[1]], "unknown layout 9"),
+        ([Ext(1, bytes([1, 40]) + b"<f8"), GOOD[1]], "truncated header"),
+        ([header(b"zz9"), Ext(2, b"")], "bad dtype b'zz9'"),
+        ([header(b"|O", 1), Ext(2, bytes(8))], "only pickle could send"),
+        ([header(b"<f8", 1, ndim=200), GOOD[1]], "for 200 dimensions"),
+        ([header(b"<f8", 4), GOOD[1]], "shape (4,) of <f8 needs 32 bytes, got 24"),
+        ([header(b"<f8", 2**63, 2**63), Ext(2, b"")], "shape"),
+        ([header(b"<f8", 2**40, 2**30), Ext(2, b"")], "needs"),
+        (GOOD[0], "a header and its elements come as a pair"),
+        ([GOOD[1], GOOD[0]], "a header, then its elements"),
     ],
 )
-def test_malformed_array_extension_is_an_error_reply(replyer, raw, payload, expected) -> None:
+def test_malformed_array_is_an_error_reply(replyer, raw, value, expected) -> None:
     sock = raw
-    sock.send(ext_request(payload))
+    sock.send(ext_request(value))
     reply = msgspec.msgpack.decode(sock.recv())
     assert reply["workflow_id"] == "wf-bad"
-    assert reply["error"]["type"] == "DecodeError"
-    assert expected in reply["error"]["message"]
-    # The service keeps serving: a well-formed array extension is answered.
-    sock.send(ext_request(good_payload()))
+    assert reply["error"]["type"] == "ValidationError"
+    message = reply["error"]["message"]
+    assert expected in message and message.endswith("at $.one"), message
+    # The service keeps serving: a well-formed array is answered.
+    sock.send(ext_request(GOOD))
     reply = msgspec.msgpack.decode(sock.recv())
     assert "error" not in reply, reply
+    # The reply's array on the wire: its header, then its elements (doubled).
+    head, elements = reply["return_args"]["one"]
+    assert (head.code, head.data) == (1, GOOD[0].data)
+    assert (elements.code, elements.data) == (2, (np.arange(3.0) * 2).tobytes())
     assert replyer.runtime.stats()["arrays"].rejected == 1
     assert replyer.runtime.stats()["arrays"].handled == 1
 

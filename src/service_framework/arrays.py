@@ -1,14 +1,22 @@
-"""numpy arrays on the wire: one msgpack extension type, never pickle.
+"""numpy arrays on the wire: msgpack extension types, never pickle.
 
-An array travels as msgpack ext type :data:`NDARRAY_EXT` whose payload is
+An array travels as a msgpack array of two extension values:
 
-* 1 byte: the layout version (``1``);
-* 1 byte: the length of the dtype string, then that string in ASCII - numpy's
-  ``dtype.str``, which includes the byte order (``<f8``, ``>i4``, ``|b1``, ``<U5``,
-  ``<M8[ns]``);
-* 1 byte: the number of dimensions, then each dimension as an unsigned 64-bit
-  little-endian integer;
-* the elements in C order, exactly ``prod(shape) * itemsize`` bytes.
+* ext type :data:`ARRAY_HEADER` (1): what the elements are -
+
+  * 1 byte: the layout version (``1``);
+  * 1 byte: the length of the dtype string, then that string in ASCII - numpy's
+    ``dtype.str``, which includes the byte order (``<f8``, ``>i4``, ``|b1``, ``<U5``,
+    ``<M8[ns]``);
+  * 1 byte: the number of dimensions, then each dimension as an unsigned 64-bit
+    little-endian integer;
+
+* ext type :data:`ARRAY_DATA` (2): the elements in C order, exactly
+  ``prod(shape) * itemsize`` bytes.
+
+Two values rather than one so that the elements go from the array's own memory straight
+into the message: msgspec takes an extension's payload as one buffer, and putting a
+header in front of the elements would cost a copy of every array sent.
 
 So dtype, shape, byte order and values arrive as they left; a non-contiguous array (a
 slice, a transpose) is sent as its C-ordered copy. Arrays whose elements are Python
@@ -22,7 +30,8 @@ the array lives, and the elements may not be aligned. ``array.copy()`` gives a
 writable, aligned array of its own.
 
 numpy is imported only by a service whose models declare an array (the type itself is
-then already imported) or by a decoder that meets this extension type.
+then already imported); only its decoders get :func:`decode_ext` and
+:func:`decode_hook`.
 """
 
 from __future__ import annotations
@@ -31,14 +40,22 @@ import ctypes
 import os
 import platform
 import sys
-import threading
 from typing import Any, Final
 
 import msgspec
 
-__all__ = ["NDARRAY_EXT", "decode_ext", "encode_hook", "keep_large_blocks", "unsendable_dtype"]
+__all__ = [
+    "ARRAY_DATA",
+    "ARRAY_HEADER",
+    "decode_ext",
+    "decode_hook",
+    "encode_hook",
+    "keep_large_blocks",
+    "unsendable_dtype",
+]
 
-NDARRAY_EXT: Final = 1
+ARRAY_HEADER: Final = 1
+ARRAY_DATA: Final = 2
 _LAYOUT: Final = 1
 _MAX_DIMS: Final = 64  # numpy's own limit (NPY_MAXDIMS in numpy 2)
 # Kinds with a fixed-size, byte-for-byte representation: bool, ints, uints, floats,
@@ -94,102 +111,131 @@ def unsendable_dtype(dtype: Any) -> str | None:
     return None
 
 
-# The payload is assembled in a buffer each thread keeps and reuses (msgspec copies it
-# into the frame at once, and a thread encodes one message at a time): a fresh
-# megabyte-sized allocation per message costs more than the copy itself, since glibc
-# hands large blocks back to the kernel and takes page faults to get them again.
-_REUSE_MAX_BYTES: Final = 8 * 1024 * 1024  # larger payloads get a buffer of their own
-_scratch = threading.local()
-
-
-def _payload(array: Any) -> memoryview | bytes:
-    np = sys.modules["numpy"]
-    why = unsendable_dtype(array.dtype)
-    if why is not None:
-        raise TypeError(why)
-    if type(array) is not np.ndarray:
-        array = np.asarray(array)  # a subclass (memmap, ...) travels as a plain array
+def _header(array: Any) -> bytes:
     dtype = array.dtype.str.encode("ascii")
     header = bytearray((_LAYOUT, len(dtype)))
     header += dtype
     header.append(array.ndim)
     for dim in array.shape:
         header += dim.to_bytes(8, "little")
-    nbytes = array.size * array.dtype.itemsize
-    if len(header) + nbytes > _REUSE_MAX_BYTES:
-        # A view of a C-contiguous array, a contiguous copy of any other.
-        return bytes(header) + memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
-    # The elements go at an aligned offset of the buffer, the header just before them:
-    # numpy copies (even from a slice or a transpose) at full speed into aligned memory.
-    start = -(-len(header) // 64) * 64
-    buffer: bytearray | None = getattr(_scratch, "buffer", None)
-    if buffer is None or len(buffer) < start + nbytes:
-        buffer = _scratch.buffer = bytearray(max(start + nbytes, 4096))
-    buffer[start - len(header) : start] = header
-    if nbytes:
-        target = np.frombuffer(buffer, array.dtype, array.size, start)
-        target.reshape(array.shape)[...] = array
-    return memoryview(buffer)[start - len(header) : start + nbytes]
+    return bytes(header)
 
 
 def encode_hook(obj: Any) -> Any:
-    """msgspec ``enc_hook``: numpy arrays become the extension type; anything else is
-    refused as msgspec would (msgspec calls this only for types it cannot encode, so it
-    costs nothing for messages without arrays)."""
+    """msgspec ``enc_hook``: a numpy array becomes its two extension values; anything
+    else is refused as msgspec would (msgspec calls this only for types it cannot
+    encode, so it costs nothing for messages without arrays)."""
     np = sys.modules.get("numpy")  # not imported: obj cannot be an array
-    if np is not None and isinstance(obj, np.ndarray):
-        if type(obj) is not np.ndarray and isinstance(obj, np.ma.MaskedArray):
+    if np is None or not isinstance(obj, np.ndarray):
+        raise TypeError(f"Encoding objects of type {type(obj).__qualname__} is unsupported")
+    if type(obj) is not np.ndarray:
+        if isinstance(obj, np.ma.MaskedArray):
             raise TypeError("a masked array cannot be sent (its mask would be lost)")
-        return msgspec.msgpack.Ext(NDARRAY_EXT, _payload(obj))
-    raise TypeError(f"Encoding objects of type {type(obj).__qualname__} is unsupported")
+        obj = np.asarray(obj)  # a subclass (memmap, ...) travels as a plain array
+    why = unsendable_dtype(obj.dtype)
+    if why is not None:
+        raise TypeError(why)
+    # A view of a C-contiguous array's memory (msgspec copies it into the message once);
+    # a contiguous copy of any other.
+    elements = memoryview(np.ascontiguousarray(obj).reshape(-1).view(np.uint8))
+    return (
+        msgspec.msgpack.Ext(ARRAY_HEADER, _header(obj)),
+        msgspec.msgpack.Ext(ARRAY_DATA, elements),
+    )
 
 
-class MalformedArray(ValueError):
-    """An array extension from the network that does not describe a valid array."""
+class _Header:
+    """A decoded array header (or why it is not one), until its elements arrive."""
+
+    __slots__ = ("count", "dtype", "problem", "shape")
+
+    def __init__(self, dtype: Any, shape: tuple[int, ...], count: int, problem: str) -> None:
+        self.dtype, self.shape, self.count, self.problem = dtype, shape, count, problem
+
+
+class _Elements:
+    """The elements of an array: a view into the received message."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: memoryview) -> None:
+        self.data = data
 
 
 def decode_ext(code: int, data: memoryview) -> Any:
-    """msgspec ``ext_hook``: the array extension becomes a numpy array; other extension
-    types stay :class:`msgspec.msgpack.Ext` (as without a hook). Raises
-    :class:`MalformedArray` (a ``ValueError``) for a payload that is not a valid array."""
-    if code != NDARRAY_EXT:
-        return msgspec.msgpack.Ext(code, bytes(data))
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - a model declaring arrays imported it
-        raise MalformedArray("a numpy array arrived but numpy is not installed") from None
+    """msgspec ``ext_hook``: the two array extension types become their parts (put
+    together by :func:`decode_hook`); other extension types stay
+    :class:`msgspec.msgpack.Ext`, as without a hook. Never raises: a malformed header is
+    reported by :func:`decode_hook`, which knows where in the message it was."""
+    if code == ARRAY_DATA:
+        return _Elements(data)
+    if code == ARRAY_HEADER:
+        return _read_header(data)
+    return msgspec.msgpack.Ext(code, bytes(data))
+
+
+def _read_header(data: memoryview) -> _Header:
+    def bad(problem: str) -> _Header:
+        return _Header(None, (), 0, f"malformed numpy array: {problem}")
+
+    import numpy as np
+
     size = len(data)
     if size < 3:
-        raise MalformedArray(f"numpy array extension: {size} bytes cannot hold an array")
+        return bad(f"a header of {size} bytes")
     if data[0] != _LAYOUT:
-        raise MalformedArray(f"numpy array extension: unknown layout {data[0]}")
+        return bad(f"unknown layout {data[0]}")
     end = 2 + data[1]
     if end + 1 > size:
-        raise MalformedArray("numpy array extension: truncated header")
+        return bad("truncated header")
+    text = bytes(data[2:end])
     try:
-        dtype = np.dtype(bytes(data[2:end]).decode("ascii"))
+        dtype = np.dtype(text.decode("ascii"))
     except (TypeError, ValueError, UnicodeDecodeError, SyntaxError):
-        raise MalformedArray(f"numpy array extension: bad dtype {bytes(data[2:end])!r}") from None
+        return bad(f"bad dtype {text!r}")
     why = unsendable_dtype(dtype)
     if why is not None:
-        raise MalformedArray(f"numpy array extension: {why}")
+        return bad(why)
     ndim = data[end]
     start = end + 1 + 8 * ndim
-    if ndim > _MAX_DIMS or start > size:
-        raise MalformedArray(f"numpy array extension: bad number of dimensions {ndim}")
+    if ndim > _MAX_DIMS or start != size:
+        return bad(f"a header of {size} bytes for {ndim} dimensions")
     shape = tuple(int.from_bytes(data[i : i + 8], "little") for i in range(end + 1, start, 8))
+    if any(dim >= 1 << 62 for dim in shape):
+        return bad(f"shape {shape}")
     count = 1
     for dim in shape:
         count *= dim
-    if any(dim >= 1 << 62 for dim in shape) or count * dtype.itemsize != size - start:
-        raise MalformedArray(
-            f"numpy array extension: shape {shape} of {dtype.str} needs "
-            f"{count * dtype.itemsize} bytes, got {size - start}"
+    return _Header(dtype, shape, count, "")
+
+
+def decode_hook(kind: type, obj: Any) -> Any:
+    """msgspec ``dec_hook``: an array's header and elements become a read-only array
+    (see the module docstring). A ``ValueError`` here is reported by msgspec as a
+    validation error at the array's path; anything but the two parts is left for
+    msgspec to refuse ("expected ndarray")."""
+    if type(obj) is not list or len(obj) != 2:
+        if type(obj) in (_Header, _Elements):
+            raise ValueError("malformed numpy array: a header and its elements come as a pair")
+        return obj
+    header, elements = obj
+    if type(header) is not _Header or type(elements) is not _Elements:
+        if any(type(part) in (_Header, _Elements) for part in obj):
+            raise ValueError("malformed numpy array: a header, then its elements")
+        return obj
+    if header.problem:
+        raise ValueError(header.problem)
+    import numpy as np
+
+    dtype, count, data = header.dtype, header.count, elements.data
+    if count * dtype.itemsize != len(data):
+        raise ValueError(
+            f"malformed numpy array: shape {header.shape} of {dtype.str} needs "
+            f"{count * dtype.itemsize} bytes, got {len(data)}"
         )
-    if not count:
-        array = np.empty(shape, dtype)
+    if count:
+        array = np.frombuffer(data, dtype, count).reshape(header.shape)
     else:
-        # A view into the message, as np.frombuffer gives: no copy, read-only.
-        array = np.frombuffer(data, dtype, count, start).reshape(shape)
+        array = np.empty(header.shape, dtype)
     array.flags.writeable = False
     return array

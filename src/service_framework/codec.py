@@ -20,9 +20,9 @@ know. ``meta`` is room for metadata that travels with a message (deadlines, trac
 
 Decoding a request validates its ``args`` against the connection's compiled model in
 the same msgspec pass, and restores ``Decimal``, ``UUID``, ``bytes``, sets and tuples.
-Nothing is ever unpickled: msgpack has no code-bearing types. numpy arrays travel as a
-msgpack extension type holding dtype, shape and the raw elements (``arrays.py``); only
-decoders whose models declare an array get its hook.
+Nothing is ever unpickled: msgpack has no code-bearing types. numpy arrays travel as
+msgpack extension types holding dtype, shape and the raw elements (``arrays.py``); only
+decoders whose models declare an array get their hooks.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from .arrays import decode_ext, encode_hook
+from .arrays import decode_ext, decode_hook, encode_hook
 from .errors import DecodeError
 from .validation import (
     DictNode,
@@ -231,8 +231,11 @@ class _Decoding:
         check_loose: Callable[[Any], Exception | None] | None = None,
     ):
         # Envelope structs are built at run time; read their fields as Any.
+        arrays = contains_arrays(node)
         self.decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
-            envelope, ext_hook=decode_ext if contains_arrays(node) else None
+            envelope,
+            ext_hook=decode_ext if arrays else None,
+            dec_hook=decode_hook if arrays else None,
         )
         self.convert = build_converter(node)
         self.root = root  # where the payload sits in the frame, e.g. "$.args"
