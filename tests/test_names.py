@@ -326,3 +326,16 @@ def test_ip_literal_addresses_start_no_resolver(run_service, write_service) -> N
         addresses={"in": {"work": {"replyer": "127.0.0.1:0"}}},
     )
     assert not [t.name for t in threading.enumerate() if t.name.endswith("-names")]
+
+
+def test_resolve_interval_is_a_checked_socket_option(client) -> None:
+    from service_framework.errors import ModelError
+
+    model = {
+        "connection_type": "requester",
+        "optional_creation_arguments": {"socket_options": {"resolve_interval_ms": 5}},
+        "required_arguments": {},
+        "required_return_arguments": {},
+    }
+    with pytest.raises(ModelError, match=r"'resolve_interval_ms' must be >= 10, got 5"):
+        client({"out": {"work": model}}, {"out": {"work": {"requester": "peers.test:1"}}})

@@ -15,8 +15,8 @@ we derive, once, at start-up:
 * a generated converter from the decoded msgspec value back to plain dicts, which is
   what handlers receive.
 
-``numpy.ndarray`` (and ``numpy.typing.NDArray[scalar]``) is a spec too when numpy is
-installed; arrays travel as a msgpack extension type (see ``arrays.py``).
+``numpy.ndarray`` (and ``numpy.typing.NDArray[...]``) is a spec too when numpy is
+installed; arrays travel as msgpack extension types (see ``arrays.py``).
 
 Semantics follow SPEC section 2: a value must be an instance of the declared type
 (``bool`` is not an ``int``, ``int`` is not a ``float``, ``datetime`` is not a ``date``);
@@ -40,6 +40,7 @@ from typing import Any, ClassVar, Union
 
 import msgspec
 
+from .arrays import keep_large_blocks, unsendable_dtype
 from .errors import ValidationError
 
 __all__ = [
@@ -825,8 +826,6 @@ class NdarrayNode(Node):
 
     def why_not(self, value: Any) -> str | None:
         """Why ``value`` does not match (without the path), or ``None``."""
-        from .arrays import unsendable_dtype
-
         if not isinstance(value, self.ndarray):
             return f"expected ndarray, got {_tname(value)}"
         if type(value) is not self.ndarray and isinstance(
@@ -840,8 +839,8 @@ class NdarrayNode(Node):
         return None if why is None else f"{why} at {path}"
 
     def wire(self) -> Any:
-        # A custom type to msgspec: decoded by the arrays extension hook (codec.py sets
-        # it on decoders whose models contain this node).
+        # A custom type to msgspec: rebuilt by the arrays hooks (codec.py sets them on
+        # decoders whose models contain this node).
         return self.ndarray
 
 
@@ -853,8 +852,6 @@ def _array_node(spec: object) -> NdarrayNode | None:
         return None
     ndarray: type = np.ndarray
     if spec is ndarray or typing.get_origin(spec) is ndarray:
-        from .arrays import keep_large_blocks
-
         keep_large_blocks()  # array messages are large: see there
         return NdarrayNode(ndarray)
     return None
