@@ -36,9 +36,7 @@ then already imported); only its decoders get :func:`decode_ext` and
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 import sys
 from typing import Any, Final
 
@@ -88,10 +86,16 @@ def keep_large_blocks() -> None:
     if _tuned:
         return
     _tuned = True
-    if platform.libc_ver()[0] != "glibc":
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (ValueError, OSError):  # not glibc
+        return
+    if not libc.startswith("glibc"):
         return
     if any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
         return
+    import ctypes
+
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # pragma: no cover - glibc always has it
