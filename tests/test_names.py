@@ -244,7 +244,7 @@ def test_a_name_that_does_not_resolve_is_a_warning_not_a_silent_timeout(
     client.wait_for_count(warning, 3)  # and each failed re-resolve says so again
     # Once the name exists, the service connects and its requests are answered.
     hosts.write({"later.test": ["127.0.0.2"]})
-    client.wait_for("host name 'later.test' resolves again")
+    client.wait_for("host name 'later.test' now resolves")
     assert wait_until(lambda: len(replyers["127.0.0.2"].module.seen) >= 3, 20)
     stop.touch()
     assert client.finish(30) == 0, client.log()

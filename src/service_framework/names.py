@@ -57,7 +57,8 @@ def host_name_of(endpoint: Endpoint) -> tuple[str, str] | None:
 
 
 def _resolve(host: str, port: str) -> list[str]:
-    """Every TCP endpoint ``host`` resolves to, sorted; raises ``OSError``.
+    """Every TCP endpoint ``host`` resolves to, sorted; raises ``OSError`` (or
+    ``UnicodeError`` for a name that cannot be encoded).
 
     IPv4 addresses when there are any, else IPv6 ones: a dual-stack name lists each peer
     once per family, and a subscriber connected to both would hear every message twice.
@@ -114,7 +115,7 @@ class _Target:
             host, port = name
             try:
                 urls = _resolve(host, port)
-            except OSError as exc:
+            except (OSError, UnicodeError) as exc:  # UnicodeError: a malformed name
                 kept = self.resolved.get(name)
                 LOG.warning(
                     "%s: host name %r does not resolve (%s); %s, trying again every %gs",
@@ -128,7 +129,7 @@ class _Target:
                 continue
             if name in self.failing:
                 self.failing.discard(name)
-                LOG.info("%s: host name %r resolves again", self.where, host)
+                LOG.info("%s: host name %r now resolves", self.where, host)
             self.resolved[name] = urls
         return self.desired() != before
 
