@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import zmq
 
 from conftest import host_port, sync
 from service_framework import InlineServices, RemoteError, ValidationError
+from service_framework.codec import MessageCodec
 
 np = pytest.importorskip("numpy")
 
@@ -424,3 +426,33 @@ def test_arrays_are_published_and_received(run_service, write_service, client) -
             break
     assert got["seq"] == 1
     assert_same(got["frame"], frame)
+
+
+def test_large_arrays_round_trip_and_survive_a_retry(replyer, requester, client, zctx) -> None:
+    # Frames this large leave without a copy (a zmq.Frame over the encoded bytes).
+    big = np.random.default_rng(7).random((512, 300))  # 1.2 MB
+    sent = {"one": big, "many": [big[::2, ::3]], "named": {"ints": np.arange(100_000)}}
+    check_reply(requester("arrays", sent), sent)
+
+    # A retry sends the same frame again, on a fresh socket: it must arrive whole.
+    router = zctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVTIMEO, 10_000)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    model = {**requester_model(), "optional_creation_arguments": {"timeout_s": 1, "retries": 1}}
+    to_send = client(
+        {"out": {"arrays": model}}, {"out": {"arrays": {"requester": f"127.0.0.1:{port}"}}}
+    ).to_send
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(to_send("arrays", sent)))
+    thread.start()
+    try:
+        first = router.recv_multipart()  # ignored: the requester times out and retries
+        second = router.recv_multipart()
+        assert first[-1] == second[-1] and len(second[-1]) > 1_000_000
+        reply = {"one": big, "many": [], "named": {}, "flags": []}
+        router.send_multipart([*second[:-1], MessageCodec.encode_reply(reply, "w")])
+    finally:
+        thread.join(15)
+        router.close()
+    assert_same(result[0]["one"], big)
