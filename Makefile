@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/inline.py
 	$(PY) benchmarks/reqrep.py
 	$(PY) benchmarks/pubsub.py
+	$(PY) benchmarks/ndarray.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

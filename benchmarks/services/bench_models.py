@@ -15,3 +15,11 @@ TICK = {
     "side": {"buy", "sell"},
     "phase": {"warmup", "data", "end"},
 }
+# ndarray.py: bench_array_requester -> bench_array_replyer. Imports numpy only when a
+# service asks for this model.
+
+
+def array_model() -> dict[str, object]:
+    import numpy
+
+    return {"data": numpy.ndarray}

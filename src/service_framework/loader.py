@@ -65,7 +65,22 @@ def load_module(source: str | os.PathLike[str] | ModuleType) -> ModuleType:
             raise
         raise StartupError(
             f"cannot import service file {os.fspath(source)}: {type(exc).__name__}: {exc}"
+            f"{_install_hint(exc)}"
         ) from exc
+
+
+# Optional extras a service module may need, by the top-level module it imports.
+_EXTRAS = {"numpy": "numpy"}
+
+
+def _install_hint(exc: BaseException) -> str:
+    """How to install what a failed import was missing, when it is one of our extras."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return ""
+    extra = _EXTRAS.get(exc.name.partition(".")[0])
+    if extra is None:
+        return ""
+    return f" (install it with: pip install 'service-framework[{extra}]')"
 
 
 def _dotted_name(path: Path) -> str | None:

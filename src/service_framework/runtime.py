@@ -42,6 +42,7 @@ from .connections.base import (
 from .errors import AddressError, HookError, StartupError, UnknownConnectionError
 from .loader import PreparedService, call_hook, load_module, prepare_service
 from .monitoring import PeerWatch, raise_fd_limit
+from .names import NameWatch
 from .probe import Heartbeat
 from .security import Curve
 from .workflow import IDLE, current_flow, flow_of, new_workflow_id
@@ -144,6 +145,7 @@ class ServiceRuntime:
         self._authenticator: Any = None
         self._wake_r, self._wake_w = -1, -1
         self._peers: PeerWatch | None = None
+        self._names: NameWatch | None = None
         self._flow = flow_of(IDLE)  # the serving thread's current flow (see invoke)
         self._phase = "new"
         self._pending_signal: tuple[int, FrameType | None] | None = None
@@ -172,6 +174,7 @@ class ServiceRuntime:
         raise_fd_limit()  # every peer costs a descriptor (see monitoring)
         self._context = zmq.Context()
         self._peers = PeerWatch(prepared.name)
+        self._names = NameWatch(prepared.name, wake=self._wake)
         try:
             if self.options.curve is not None:
                 with signals_blocked():
@@ -184,6 +187,7 @@ class ServiceRuntime:
                 self._peers.start(
                     wake_loop=self._wake, tick=None if gate is None else self._check_keys
                 )
+                self._names.start()
         except BaseException:
             self.close()
             raise
@@ -263,6 +267,7 @@ class ServiceRuntime:
             flow=self._flow,
             debug=debug,
             log=env_log,
+            names=self._names,
         )
         for name, model in prepared.models.outbound.items():
             out_conn = model.kind(model, env)
@@ -361,7 +366,10 @@ class ServiceRuntime:
         token = current_flow.set(self._flow)
         self._turns += 1
         try:
-            if len(readers) == 1 and not self.options.min_wait_s:
+            # An inbound socket connected to a host name needs the polling loop: the
+            # resolver wakes it to apply address changes in this thread.
+            names_in_loop = self._names is not None and self._names.in_loop
+            if len(readers) == 1 and not self.options.min_wait_s and not names_in_loop:
                 self._serve_one(readers[0])
             else:
                 self._serve_many(readers)
@@ -445,12 +453,16 @@ class ServiceRuntime:
                     self._drain_wake()
 
     def _drain_wake(self) -> None:
+        """After a wake-up: take the wake bytes, then do in this thread what other threads
+        asked of its sockets - repairs from the peer watch (see monitoring), address
+        changes from the name watch (see names)."""
         with contextlib.suppress(BlockingIOError, OSError):
             os.read(self._wake_r, 4096)
-        # The peer watch wakes the loop when a socket needs repairing (see monitoring).
         peers = self._peers
         if peers is not None and peers.repairs_pending:
             peers.run_repairs()
+        if self._names is not None:
+            self._names.apply_pending()
 
     def _start_heartbeat(self) -> Heartbeat | None:
         """With ``probe_file``: a heartbeat that refreshes the file while frames are
@@ -487,7 +499,7 @@ class ServiceRuntime:
 
     # ------------------------------------------------------------------ stopping
     def _wake(self) -> None:
-        """Wake the polling loop (thread-safe)."""
+        """Wake the polling loop (thread-safe; also safe from a signal handler)."""
         if self._wake_w >= 0:
             with contextlib.suppress(BlockingIOError, OSError):
                 os.write(self._wake_w, b"x")
@@ -497,9 +509,7 @@ class ServiceRuntime:
         if self._stop_asked_at is None:
             self._stop_asked_at = time.monotonic()
         self.state.stopping = True
-        if self._wake_w >= 0:
-            with contextlib.suppress(BlockingIOError, OSError):
-                os.write(self._wake_w, b"x")
+        self._wake()
 
     def _install_signals(self) -> dict[int, Any]:
         if (
@@ -579,6 +589,9 @@ class ServiceRuntime:
         if self._closed:
             return
         self._closed = True
+        if self._names is not None:
+            self._names.close()  # before the sockets it may touch close
+            self._names = None
         if self._peers is not None:
             self._peers.close()
             self._peers = None

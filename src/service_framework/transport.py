@@ -18,6 +18,8 @@ option                      default   why
 ``handshake_ivl_ms``        5000      half-open connections are closed (default 30 s)
 ``reconnect_ivl_ms``        100       first reconnect attempt after a drop...
 ``reconnect_ivl_max_ms``    5000      ...backing off exponentially up to this
+``resolve_interval_ms``     5000      a connecting address's host name is resolved again
+                                      this often (see ``names.py``)
 ==========================  ========  =====================================================
 
 Connection types may have their own defaults (a replyer's ``rcvhwm`` is 8) and their
@@ -67,6 +69,7 @@ class SocketOptions:
     handshake_ivl_ms: int = 5000
     reconnect_ivl_ms: int = 100
     reconnect_ivl_max_ms: int = 5000
+    resolve_interval_ms: int = 5000  # not a zmq option: read by names.NameWatch
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> SocketOptions:
@@ -82,6 +85,8 @@ class SocketOptions:
             if type(value) is not int:
                 raise ValueError(f"socket option {key!r} must be an int, got {value!r}")
             minimum = 1 if key in {"max_message_bytes", "sndhwm", "rcvhwm"} else 0
+            if key == "resolve_interval_ms":
+                minimum = 10
             if key == "linger_ms":
                 minimum = 0
             if value < minimum:

@@ -15,6 +15,9 @@ we derive, once, at start-up:
 * a generated converter from the decoded msgspec value back to plain dicts, which is
   what handlers receive.
 
+``numpy.ndarray`` (and ``numpy.typing.NDArray[...]``) is a spec too when numpy is
+installed; arrays travel as msgpack extension types (see ``arrays.py``).
+
 Semantics follow SPEC section 2: a value must be an instance of the declared type
 (``bool`` is not an ``int``, ``int`` is not a ``float``, ``datetime`` is not a ``date``);
 dict-shaped specs reject keys they do not declare.
@@ -28,6 +31,7 @@ import decimal
 import enum
 import itertools
 import re
+import sys
 import types
 import typing
 import uuid
@@ -36,16 +40,19 @@ from typing import Any, ClassVar, Union
 
 import msgspec
 
+from .arrays import keep_large_blocks, unsendable_dtype
 from .errors import ValidationError
 
 __all__ = [
     "MISSING",
     "FieldsNode",
+    "NdarrayNode",
     "Node",
     "UnsupportedOnWire",
     "Validator",
     "compile_fields",
     "compile_spec",
+    "contains_arrays",
 ]
 
 MISSING: Any = msgspec.UNSET  # sentinel for "key absent"; also what msgspec uses
@@ -799,6 +806,84 @@ class ClassNode(Node):
         return self.cls
 
 
+class NdarrayNode(Node):
+    """``numpy.ndarray`` (also written ``numpy.typing.NDArray[...]``; its dtype parameter
+    is not checked: the decoder could not check it). Only arrays that can travel byte for
+    byte pass: object and structured dtypes (object arrays would need pickle) and masked
+    arrays (whose mask would be lost) are refused before sending."""
+
+    def __init__(self, ndarray: type) -> None:
+        self.ndarray = ndarray
+
+    def describe(self) -> str:
+        return "ndarray"
+
+    def test(self, cg: _CodeGen, var: str) -> str:
+        return f"{cg.const(self.ok)}({var})"
+
+    def ok(self, value: Any) -> bool:
+        return self.why_not(value) is None
+
+    def why_not(self, value: Any) -> str | None:
+        """Why ``value`` does not match (without the path), or ``None``."""
+        if not isinstance(value, self.ndarray):
+            return f"expected ndarray, got {_tname(value)}"
+        if type(value) is not self.ndarray and isinstance(
+            value, sys.modules["numpy"].ma.MaskedArray
+        ):
+            return "a masked array cannot be sent (its mask would be lost)"
+        return unsendable_dtype(typing.cast(Any, value).dtype)
+
+    def explain(self, value: Any, path: str) -> str | None:
+        why = self.why_not(value)
+        return None if why is None else f"{why} at {path}"
+
+    def wire(self) -> Any:
+        # A custom type to msgspec: rebuilt by the arrays hooks (codec.py sets them on
+        # decoders whose models contain this node).
+        return self.ndarray
+
+
+def _array_node(spec: object) -> NdarrayNode | None:
+    """The node for ``numpy.ndarray`` / ``NDArray[...]``, or ``None`` for other specs.
+    numpy is not imported here: a spec naming an array type has imported it already."""
+    np: Any = sys.modules.get("numpy")
+    if np is None:
+        return None
+    ndarray: type = np.ndarray
+    if spec is ndarray or typing.get_origin(spec) is ndarray:
+        keep_large_blocks()  # array messages are large: see there
+        return NdarrayNode(ndarray)
+    return None
+
+
+def contains_arrays(node: Node) -> bool:
+    """Whether an array may appear anywhere in what ``node`` describes (decoders for
+    such nodes need the arrays extension hook; others get no hook at all)."""
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, NdarrayNode):
+            return True
+        if isinstance(current, _ItemsNode):
+            stack.append(current.item)
+        elif isinstance(current, TupleNode):
+            stack.extend(current.items)
+        elif isinstance(current, DictNode):
+            stack.extend((current.key, current.value))
+        elif isinstance(current, FieldsNode):
+            stack.extend((*current.required.values(), *current.optional.values()))
+        elif isinstance(current, UnionNode):
+            stack.extend(current.members)
+        elif isinstance(current, ClassNode):
+            stack.extend(current.fields.values())
+    return False
+
+
 # --------------------------------------------------------------------------- compile
 
 
@@ -859,6 +944,9 @@ def _compile(spec: object, memo: dict[int, Node], where: str) -> Node:
         if any(isinstance(k, type) for k in keys):
             raise SpecError(f"{where}: a dict spec mixes a type key with literal keys: {spec!r}")
         return FieldsNode({k: _compile(v, memo, _path(where, k)) for k, v in spec.items()}, {})
+    array = _array_node(spec)
+    if array is not None:
+        return array
     # ---- annotations
     origin = typing.get_origin(spec)
     if origin is typing.Annotated:

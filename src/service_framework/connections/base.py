@@ -30,11 +30,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import zmq
 
 from ..errors import ValidationError
+from ..names import host_name_of
 from ..transport import SocketOptions, bind_or_connect, parse_endpoints
 from ..workflow import IDLE, Flow, current_flow, flow_of
 
 if TYPE_CHECKING:
     from ..models import ConnectionModel
+    from ..names import NameWatch
     from ..security import Curve
 
 __all__ = [
@@ -97,6 +99,9 @@ class ConnectionEnv:
     # The flow of the message being handled in the serving thread. The runtime makes it
     # that thread's current flow once; each message then only sets its id (see invoke).
     flow: Flow = field(default_factory=Flow)
+    # Connects sockets whose addresses are host names to every address they resolve to
+    # (None: names are left to libzmq, which connects to the first address only).
+    names: NameWatch | None = None
 
 
 class Connection:
@@ -195,7 +200,21 @@ class Connection:
                 self.env.monitor(sock, self)
             if before_connect is not None:
                 before_connect(sock)
-            self.endpoints = bind_or_connect(sock, endpoints, bind=bind, where=self.where(key))
+            names = self.env.names
+            if not bind and names is not None and any(map(host_name_of, endpoints)):
+                # Every address a host name resolves to, followed as it changes; applied
+                # under an outbound connection's lock, or by the loop for an inbound one.
+                self.endpoints = names.connect(
+                    self,
+                    key,
+                    sock,
+                    endpoints,
+                    where=self.where(key),
+                    interval_s=self.socket_options.resolve_interval_ms / 1000,
+                    lock=getattr(self, "lock", None),
+                )
+            else:
+                self.endpoints = bind_or_connect(sock, endpoints, bind=bind, where=self.where(key))
         except BaseException:
             sock.close(linger=0)
             raise
