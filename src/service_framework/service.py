@@ -13,8 +13,8 @@ its arguments included - runs inside code that reports failures to the parent ov
 socket pair, so the parent's :class:`StartupError` carries the child's own error.
 
 ``stop_service()`` sends SIGTERM (a graceful stop), then SIGKILL after
-``stop_timeout_s``. The ``*_blocking`` variants run the service in this process and
-return its exit code.
+``stop_timeout_s`` plus :data:`STOP_GRACE_S`. The ``*_blocking`` variants run the service
+in this process and return its exit code.
 """
 
 from __future__ import annotations
@@ -215,8 +215,9 @@ class Service:
             self.ready.set()
 
     def stop_service(self) -> int | None:
-        """Stop gracefully (SIGTERM), forcibly after ``stop_timeout_s``; returns the exit
-        code, or ``None`` when nothing was running. Does nothing for an ended service."""
+        """Stop gracefully (SIGTERM), forcibly after ``stop_timeout_s`` + ``STOP_GRACE_S``;
+        returns the exit code, or ``None`` when nothing was running. Does nothing for an
+        ended service."""
         runtime = self._runtime
         if runtime is not None:
             runtime.stop()
@@ -227,7 +228,7 @@ class Service:
             return None
         self.ready.clear()
         try:
-            return _terminate(process, self.stop_timeout_s)
+            return _terminate(process, self.stop_timeout_s + STOP_GRACE_S)
         finally:
             _RUNNING.discard(process)
 
@@ -508,6 +509,11 @@ def _ended(code: int | None) -> str:
             return f"was killed by {signal.Signals(-code).name}"
         return f"was killed by signal {-code}"
     return f"exited with code {code}"
+
+
+# After stop_timeout_s the child still refuses what is queued (up to 1 s) and closes its
+# sockets with a bounded linger: killing it at stop_timeout_s sharp would cut that short.
+STOP_GRACE_S = 3.0
 
 
 def _terminate(process: subprocess.Popen[bytes], timeout_s: float) -> int | None:
