@@ -18,6 +18,7 @@ from typing import Any
 
 from .config import flatten_seed_shape, load_json, parse_cli_pairs
 from .errors import AddressError, ServiceFrameworkError, StartupError
+from .logs import DEFAULT_LOG_MAX_BYTES
 from .security import Curve, create_keypair
 from .service import Service
 
@@ -36,6 +37,7 @@ _FLAGS: dict[str, bool] = {
     "-f": True, "--file_loglevel": True,
     "-bc": True, "--backup_count": True,
     "-l": True, "--log_path": True,
+    "--log_max_bytes": True,
     "-h": False, "--help": False,
     "--traceback": False,
     "--curve_secret_key": True,
@@ -68,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
     add("-f", "--file_loglevel", default="INFO", help="log file level (default INFO)")
     add("-bc", "--backup_count", type=int, default=24, help="hourly log files to keep (default 24)")
     add("-l", "--log_path", help="log file path (rotated hourly)")
+    add(
+        "--log_max_bytes",
+        type=int,
+        default=DEFAULT_LOG_MAX_BYTES,
+        help="also rotate the log file before it grows past this many bytes "
+        f"(default {DEFAULT_LOG_MAX_BYTES}; 0: hourly only)",
+    )
     add("--traceback", action="store_true", help="show tracebacks for start-up errors")
     add("--curve_secret_key", help="this service's CURVE secret key file (turns CURVE on)")
     add("--curve_authorized_keys", help="directory of client public keys allowed to connect")
@@ -159,6 +168,7 @@ def _build(args: argparse.Namespace, extra: list[str]) -> Service:
         log_path=args.log_path,
         file_loglevel=args.file_loglevel,
         backup_count=args.backup_count,
+        log_max_bytes=args.log_max_bytes,
         service_loop_min_wait_time=args.service_loop_min_wait_time_s,
         curve=curve,
         cli_strings=cli_pairs,

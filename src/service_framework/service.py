@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from .errors import StartupError, ValidationError
-from .logs import configure_logging
+from .logs import DEFAULT_LOG_MAX_BYTES, configure_logging
 from .runtime import RunOptions, ServiceRuntime
 from .security import Curve
 
@@ -51,7 +51,8 @@ class Service:
     console_loglevel='INFO', log_path=None, file_loglevel='INFO', backup_count=24,
     service_loop_min_wait_time=0)``; the first positional argument may be a path or a
     module, and ``service_loop_min_wait_time_s`` is accepted as the 0.0.20 name.
-    ``curve`` turns on CURVE for every socket (see ``security.Curve``).
+    ``curve`` turns on CURVE for every socket (see ``security.Curve``);
+    ``log_max_bytes`` rotates the log file on size as well as hourly (0: hourly only).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class Service:
         start_timeout_s: float = 60.0,
         stop_timeout_s: float = 10.0,
         cli_strings: Mapping[str, str] | None = None,
+        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
     ) -> None:
         if service_path is not None and service_module is not None:
             raise ValueError("give service_path or service_module, not both")
@@ -85,6 +87,7 @@ class Service:
             "log_path": os.fspath(log_path) if log_path is not None else None,
             "file_loglevel": file_loglevel,
             "backup_count": int(backup_count),
+            "log_max_bytes": log_max_bytes,
         }
         wait = (
             service_loop_min_wait_time_s
