@@ -12,7 +12,7 @@ import msgspec
 import pytest
 import zmq
 
-from conftest import write_json
+from conftest import after_markers, sync, write_json
 from service_framework import InlineServices, Service
 from service_framework.codec import WORKFLOW_ID_MAX_CHARS, MessageCodec
 from service_framework.logs import clip, configure_logging, printable
@@ -264,3 +264,51 @@ def test_log_max_bytes_on_the_object_interfaces(tmp_path, write_service) -> None
     with pytest.raises(ValueError, match="log_max_bytes must be an int >= 0"):
         InlineServices(console_loglevel=None, log_max_bytes=-1)
     configure_logging(console_loglevel="WARNING")
+
+
+ODD_SUBSCRIBER = """
+import queue
+received = queue.Queue()
+
+class Odd(Exception):
+    def __str__(self):
+        raise RuntimeError('no text')
+
+def on_tick(args, to_send, config):
+    if args['n'] == 1:
+        raise Odd()
+    received.put(args)
+
+connection_models = {'in': {'ticks': {
+    'connection_type': 'subscriber',
+    'required_creation_arguments': {'connection_function': on_tick},
+    'optional_creation_arguments': {'is_binder': True},
+    'required_arguments': {'n': int},
+}}}
+"""
+
+
+def test_an_error_whose_str_fails_is_still_logged(
+    write_service, run_service, zctx, log_file
+) -> None:
+    service = run_service(
+        write_service("svc", ODD_SUBSCRIBER),
+        addresses={"in": {"ticks": {"subscriber": "127.0.0.1:0"}}},
+    )
+    raw = zctx.socket(zmq.PUB)
+    raw.connect(f"tcp://{service.address('ticks')}")
+    received = service.module.received
+
+    def frame(n: int) -> bytes:
+        return msgspec.msgpack.encode(["", 1, "w", {"n": n}, None])
+
+    sync(lambda marker: raw.send(frame(marker["n"])), received, {"n": 0})
+    raw.send(frame(1))  # the handler raises an exception that cannot be shown
+    raw.send(frame(2))
+    assert after_markers(received, {"n": 0}) == {"n": 2}  # and the service goes on
+    raw.close(linger=0)
+    service.stop()
+    assert service.runtime.stats()["ticks"].failed == 1
+    assert "handler of connection 'ticks' raised Odd: <Odd whose str() failed>" in (
+        log_file.read_text()
+    )

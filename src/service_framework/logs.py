@@ -74,7 +74,13 @@ def printable(text: str) -> str:
 def clip(text: object, limit: int = PEER_TEXT_MAX) -> str:
     """Text a peer controls, fit for one log line or an error text: at most ``limit``
     characters (then ``...(N chars)`` says how long it was), control characters escaped."""
-    value = text if isinstance(text, str) else str(text)
+    if isinstance(text, str):
+        value = text
+    else:
+        try:
+            value = str(text)
+        except Exception:  # a handler's exception whose __str__ fails must not crash us
+            value = f"<{type(text).__name__} whose str() failed>"
     if len(value) > limit:
         value = f"{value[:limit]}...({len(value):,} chars)"
     return printable(value)
