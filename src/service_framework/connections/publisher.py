@@ -10,7 +10,8 @@ Start-up: XPUB (rather than PUB) lets the publisher see subscriptions arrive. Wi
 ``wait_for_subscribers: N`` it waits until N subscriptions have arrived (at most
 ``wait_for_subscribers_timeout_s``, default 10, then goes on with a warning); otherwise
 it waits ``wait_after_creation_s`` (default 0.5: longer than a subscriber's reconnect
-interval, at most 0.2 s, so subscribers that are already running have joined).
+interval, at most 0.2 s, so subscribers that are already running have joined). A proxy
+passes on one subscription per topic, so behind one wait for 1.
 
 A message whose frame would be over ``max_message_bytes`` is refused before anything is
 sent: ``to_send`` raises ``ValidationError``. (A subscriber would drop the connection on
