@@ -31,11 +31,13 @@ asserted); 1 if the benchmark itself could not run (with the failing process's o
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import _harness
@@ -66,11 +68,12 @@ def _touch(path: str) -> None:
 _packb = msgpack.packb
 
 
-def framed_packb(message: dict[str, object]) -> bytes:
+def framed_packb(message: dict[str, object], seq: int) -> bytes:
     """``message`` in the framework's publish frame, written by hand as a bare publisher
-    would: ``["", 1, "bare", message, None]`` (checked against the codec at start-up)."""
+    would: ``["", 1, "bare", message, None, "bare", seq]`` (checked against the codec at
+    start-up)."""
 
-    return b"\x95\xa0\x01\xa4bare" + _packb(message) + b"\xc0"
+    return b"\x97\xa0\x01\xa4bare" + _packb(message) + b"\xc0\xa4bare" + _packb(seq)
 
 
 def check_framing() -> None:
@@ -82,8 +85,8 @@ def check_framing() -> None:
     from service_framework.validation import Validator, compile_fields
 
     message = {"seq": 1, "order_id": "O", "qty": 3, "price": 1.5, "side": "buy", "phase": "data"}
-    codec = PublishCodec(Validator(compile_fields(TICK, {})), "")
-    if framed_packb(message) != codec.encode(message, "bare"):
+    codec = PublishCodec(Validator(compile_fields(TICK, {})), "", publisher="bare")
+    if framed_packb(message, 7) != codec.encode(message, "bare", 7):
         raise BenchError("the framed bare publisher no longer writes the framework's layout")
 
 
@@ -91,8 +94,9 @@ def bare_publisher(
     n_text: str, hwm_text: str, ready: str, done: str, result: str, framing: str = "plain"
 ) -> None:
     """Publishes the payload as plain msgpack, or (``framing="envelope"``) in the
-    framework's frame layout, ``[topic, v, workflow_id, args, meta]``, so that the
-    framework's subscriber can be fed by the same bare publisher as a bare one."""
+    framework's frame layout, ``[topic, v, workflow_id, args, meta, publisher, seq]``
+    (numbered as the framework numbers them), so that the framework's subscriber can be
+    fed by the same bare publisher as a bare one."""
     import zmq
 
     n, hwm = int(n_text), int(hwm_text)
@@ -102,7 +106,13 @@ def bare_publisher(
     sock.setsockopt(zmq.RCVHWM, hwm)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     print(f"bare_publisher: ready port={port}", flush=True)
-    packb = framed_packb if framing == "envelope" else msgpack.packb
+    packb: Callable[[dict[str, object]], bytes] = msgpack.packb
+    if framing == "envelope":
+        numbers = itertools.count()
+
+        def packb(message: dict[str, object]) -> bytes:
+            return framed_packb(message, next(numbers))
+
     send = sock.send
 
     def wait_for(path: str, phase: str, pause_s: float) -> None:

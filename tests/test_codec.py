@@ -19,11 +19,14 @@ from hypothesis import strategies as st
 from service_framework.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     ENVELOPE_VERSION,
+    PUBLISHER_MAX_CHARS,
+    WORKFLOW_ID_MAX_CHARS,
     MessageCodec,
     PublishCodec,
     Reply,
     Request,
     topic_prefix,
+    topic_prefixes,
 )
 from service_framework.errors import DecodeError, ValidationError
 from service_framework.validation import UnsupportedOnWire, Validator, compile_fields
@@ -340,6 +343,58 @@ class TestWorkflowIdOf:
         assert MessageCodec.workflow_id_of(frame) == ""
 
 
+class TestPeerText:
+    """What a peer sent is capped on receipt and quoted short and escaped in errors."""
+
+    def test_workflow_id_at_the_cap_is_accepted(self, codec: MessageCodec) -> None:
+        workflow_id = "w" * WORKFLOW_ID_MAX_CHARS
+        assert codec.decode_request(codec.encode_request(ARGS, workflow_id)).workflow_id == (
+            workflow_id
+        )
+
+    def test_workflow_id_over_the_cap_is_refused_and_not_echoed(self, codec: MessageCodec) -> None:
+        frame = codec.encode_request(ARGS, "w" * (8 * 1024 * 1024))
+        with pytest.raises(DecodeError) as info:
+            codec.decode_request(frame)
+        assert str(info.value) == (
+            "workflow_id of 8,388,608 characters is longer than the 256-character cap"
+        )
+        assert codec.workflow_id_of(frame) == ""
+        reply = MessageCodec.encode_reply({}, "w" * (WORKFLOW_ID_MAX_CHARS + 1))
+        with pytest.raises(DecodeError, match="longer than the 256-character cap"):
+            codec.decode_reply(reply)
+
+    def test_publish_workflow_id_over_the_cap_is_refused(self, pub_args: Validator) -> None:
+        codec = PublishCodec(pub_args, "")
+        frame = codec.encode({"qty": 1}, "w" * (WORKFLOW_ID_MAX_CHARS + 1))
+        with pytest.raises(DecodeError, match="257 characters is longer than the 256-character"):
+            codec.decode(frame)
+        assert codec.workflow_id_of(frame) == ""
+
+    def test_unknown_key_is_quoted_short_and_escaped(self, codec: MessageCodec) -> None:
+        key = "zz\n2026-01-01 00:00:00 INFO forged line\x1b[31m" + "k" * 1_000_000
+        frame = pack({"v": 1, "workflow_id": "w", "args": {**ARGS, key: 1}})
+        with pytest.raises(ValidationError) as info:
+            codec.decode_request(frame)
+        text = str(info.value)
+        assert len(text) < 1_000
+        assert "\n" not in text and "\x1b" not in text
+        assert "'zz\\n2026-01-01 00:00:00 INFO forged line\\x1b[31mkkk" in text
+        assert f"...({len(key):,} chars)' at $ (allowed: " in text
+
+    def test_unknown_topic_is_quoted_short(self, pub_args: Validator) -> None:
+        frame = PublishCodec(pub_args, "t\r" * 10_000).encode({"qty": 1}, "w")
+        with pytest.raises(DecodeError) as info:
+            PublishCodec(pub_args, "orders").decode(frame)
+        assert len(str(info.value)) < 500 and "\r" not in str(info.value)
+
+    def test_error_reply_text_is_capped_and_escaped(self) -> None:
+        frame = MessageCodec.encode_error("ValueError", "bad\n" * 100_000, "w")
+        message = msgspec.msgpack.decode(frame)["error"]["message"]
+        assert len(message) < 2_000 and "\n" not in message
+        assert message.startswith("bad\\nbad\\n")
+
+
 # --------------------------------------------------------------------------- replies
 
 
@@ -433,17 +488,45 @@ def pub_args() -> Validator:
 class TestPublish:
     def test_prefix_is_the_msgpack_topic(self, pub_args: Validator) -> None:
         codec = PublishCodec(pub_args, "orders")
-        assert codec.prefix == topic_prefix("orders") == b"\x95" + pack("orders")
+        assert codec.prefix == topic_prefix("orders") == b"\x97" + pack("orders")
         assert codec.encode({"qty": 1}, "w").startswith(codec.prefix)
+        # Subscribers also take the earlier five-element frame.
+        assert (
+            codec.prefixes
+            == topic_prefixes("orders")
+            == (
+                b"\x97" + pack("orders"),
+                b"\x95" + pack("orders"),
+            )
+        )
 
     def test_frame_layout(self, pub_args: Validator) -> None:
-        frame = PublishCodec(pub_args, "orders").encode({"qty": 1}, "wf-7")
-        assert msgspec.msgpack.decode(frame) == ["orders", 1, "wf-7", {"qty": 1}, None]
+        codec = PublishCodec(pub_args, "orders", publisher="shop.orders/1a2b3c")
+        frame = codec.encode({"qty": 1}, "wf-7", 41)
+        assert msgspec.msgpack.decode(frame) == [
+            "orders", 1, "wf-7", {"qty": 1}, None, "shop.orders/1a2b3c", 41
+        ]  # fmt: skip
+        decoded = codec.decode(frame)
+        assert (decoded.publisher, decoded.seq) == ("shop.orders/1a2b3c", 41)
+
+    def test_five_element_frame_has_no_sequence(self, pub_args: Validator) -> None:
+        decoded = PublishCodec(pub_args, "orders").decode(
+            pack(["orders", 1, "w", {"qty": 1}, None])
+        )
+        assert (decoded.args, decoded.publisher, decoded.seq) == ({"qty": 1}, "", -1)
 
     def test_meta_and_later_elements(self, pub_args: Validator) -> None:
         codec = PublishCodec(pub_args, "orders")
-        decoded = codec.decode(pack(["orders", 1, "w", {"qty": 1}, {"deadline": 5}, "later"]))
-        assert (decoded.args, decoded.meta) == ({"qty": 1}, {"deadline": 5})
+        frame = pack(["orders", 1, "w", {"qty": 1}, {"deadline": 5}, "p", 3, "later"])
+        decoded = codec.decode(frame)
+        assert (decoded.args, decoded.meta, decoded.seq) == ({"qty": 1}, {"deadline": 5}, 3)
+
+    @pytest.mark.parametrize(
+        "tail", [["p", -1], ["p", "3"], [3, 3], ["p" * (PUBLISHER_MAX_CHARS + 1), 3]]
+    )
+    def test_bad_publisher_or_sequence_is_rejected(self, pub_args: Validator, tail: list) -> None:
+        with pytest.raises(DecodeError, match="malformed envelope"):
+            PublishCodec(pub_args, "").decode(pack(["", 1, "w", {"qty": 1}, None, *tail]))
 
     def test_topic_is_not_a_prefix_of_a_longer_topic(self, pub_args: Validator) -> None:
         short, long = PublishCodec(pub_args, "orders"), PublishCodec(pub_args, "orders_eu")
@@ -538,11 +621,11 @@ class TestPublish:
      (65536, 0xDB)],
 )  # fmt: skip
 def test_topic_prefix_for_every_str_header_size(length: int, header: int) -> None:
-    # A publish frame is a msgpack array of five, topic first: its first bytes are the
+    # A publish frame is a msgpack array of seven, topic first: its first bytes are the
     # array header and the topic as a msgpack str, whose header holds its length.
     topic = "t" * length
     prefix = topic_prefix(topic)
-    assert prefix[0] == 0x95 and prefix[1] == header
+    assert prefix[0] == 0x97 and prefix[1] == header
     frame = PublishCodec(validator({"qty": int}), topic).encode({"qty": 1}, "w")
     assert frame.startswith(prefix)
     assert msgspec.msgpack.decode(frame)[0] == topic

@@ -193,7 +193,7 @@ def test_a_0_0_20_system_runs_unchanged(tmp_path: Path, cli) -> None:
         "logged done",
     ]
     replyer.wait_for(r"Got payload: \{'to_echo': 'Hello - 2'\}")
-    # The publisher waited wait_after_creation_s (0.15 s) after connecting, so the
+    # The publisher waited wait_after_creation_s (0.5 s) after connecting, so the
     # binding subscriber hears every message.
     subscriber.wait_for(r"SUBSCRIBED Hello - 2")
     for process in (replyer, subscriber):

@@ -143,7 +143,8 @@ def test_every_connection_type_has_its_options_on_its_socket(write_service, run_
         assert got["reply"] == {**DEFAULTS, zmq.RCVHWM: 8}
         # The creation argument overrides the type's default as well as the global one.
         assert got["custom_reply"] == {**DEFAULTS, zmq.RCVHWM: 50, zmq.LINGER: 0}
-        assert got["listen"] == DEFAULTS
+        # A subscriber retries a missing publisher quickly (see the README's pub/sub part).
+        assert got["listen"] == {**DEFAULTS, zmq.RECONNECT_IVL_MAX: 200}
         assert got["tell"] == DEFAULTS
         assert got["ask"] == DEFAULTS
         ask = sockets["ask"][0]

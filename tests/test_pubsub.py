@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+import logging
 import queue
 import re
+import signal
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +17,7 @@ import msgspec
 import pytest
 import zmq
 
-from conftest import after_markers, host_port, sync
+from conftest import after_markers, host_port, sync, wait_until, write_json
 from service_framework import ValidationError
 from service_framework.codec import topic_prefix
 from service_framework.logs import configure_logging
@@ -224,3 +230,274 @@ def test_publishing_on_a_closed_connection_names_it(client) -> None:
     publisher.close()
     with pytest.raises(RuntimeError, match="client: connection 'fills' is closed"):
         publisher.to_send("fills", {"n": 2})
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def test_oversized_publish_is_refused_and_deafens_nobody(
+    write_service, run_service, client
+) -> None:
+    capped = {"socket_options": {"max_message_bytes": 2000}}
+    publisher = client(publisher_models(**capped), {"out": {"fills": {"publisher": "127.0.0.1:0"}}})
+    address = host_port(publisher.endpoints()["out"]["fills"][0])
+    sub = run_service(
+        write_service("sub", subscriber_source(**capped)),
+        addresses={"in": {"fills": {"subscriber": address}}},
+    )
+    synced(lambda a: publisher.to_send("fills", a), sub.module.received)
+    handled = publisher.stats()["fills"].handled
+    with pytest.raises(
+        ValidationError,
+        match=r"^client: fills\.args: the message is 5,\d{3} bytes encoded, over this "
+        r"connection's max_message_bytes of 2,000; nothing was sent$",
+    ):
+        publisher.to_send("fills", {"n": 1, "tag": "x" * 5000})
+    assert publisher.stats()["fills"].handled == handled
+    # The subscriber (same cap) was not sent it, so it still hears everything after it.
+    for n in range(3):
+        publisher.to_send("fills", {"n": n})
+    assert [m["n"] for m in collect(sub.module.received, 3)] == [0, 1, 2]
+
+
+def test_topic_subscriber_takes_frames_with_and_without_sequence_numbers(
+    write_service, run_service, zctx
+) -> None:
+    sub = run_service(
+        write_service("sub", subscriber_source(is_binder=True, topic="orders")),
+        addresses={"in": {"fills": {"subscriber": "127.0.0.1:0"}}},
+    )
+    raw = zctx.socket(zmq.PUB)
+    raw.connect(f"tcp://{sub.address('fills')}")
+    received = sub.module.received
+
+    def five(topic: str, args: Any) -> bytes:
+        return msgspec.msgpack.encode([topic, 1, "w", args, None])
+
+    def seven(topic: str, args: Any, seq: int) -> bytes:
+        return msgspec.msgpack.encode([topic, 1, "w", args, None, "raw/1", seq])
+
+    sync(lambda a: raw.send(seven("orders", a, 0)), received, MARKER)
+    raw.send(five("orders_eu", {"n": 1}))
+    raw.send(seven("orders_eu", {"n": 2}, 1))
+    raw.send(five("orders", {"n": 3}))
+    raw.send(seven("orders", {"n": 4}, 10**6))
+    assert [m["n"] for m in collect(received, 2)] == [3, 4]
+    raw.close(linger=0)
+
+
+def test_wait_for_subscribers_gives_up_at_its_timeout_with_a_warning(client, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="service_framework"):
+        client(
+            publisher_models(wait_for_subscribers=2, wait_for_subscribers_timeout_s=0.2),
+            {"out": {"fills": {"publisher": "127.0.0.1:0"}}},
+        )
+    assert any(
+        re.search(r"client: connection 'fills' going on with 0 of 2 subscriptions after 0\.2", m)
+        for m in caplog.messages
+    ), caplog.messages
+
+
+@pytest.mark.parametrize(
+    ("creation", "error"),
+    [
+        ({"wait_for_subscribers": -1}, "'wait_for_subscribers' must be >= 0, got -1"),
+        ({"wait_for_subscribers": True}, "wait_for_subscribers"),
+        ({"wait_for_subscribers_timeout_s": 0}, "'wait_for_subscribers_timeout_s' must be > 0"),
+    ],
+)
+def test_bad_wait_for_subscribers_is_a_start_up_error(client, creation, error) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        client(publisher_models(**creation), {"out": {"fills": {"publisher": "127.0.0.1:0"}}})
+
+
+def test_publisher_reads_what_its_peers_send_while_idle(client, zctx) -> None:
+    publisher = client(publisher_models(), {"out": {"fills": {"publisher": "127.0.0.1:0"}}})
+    stats = publisher.stats()["fills"]
+    peer = zctx.socket(zmq.XSUB)  # a peer that may write anything upstream
+    peer.connect(publisher.endpoints()["out"]["fills"][0])
+    for _ in range(200):  # (fewer than the peer's own sndhwm, which would drop them)
+        peer.send(b"junk a publisher has no use for")
+    peer.send(b"\x01" + topic_prefix("other")[:1])  # the frame header alone: everything
+    peer.send(b"\x01\x95")  # the old frame header: not this publisher's frames
+    # Nothing is published, yet the socket is read: the subscription is counted.
+    assert wait_until(lambda: stats.subscriptions == 1, 10), stats
+    peer.close(linger=0)
+
+
+PUBLISHER_PROCESS = """
+connection_models = {{'in': {{}}, 'out': {{'ticks': {{
+    'connection_type': 'publisher',
+    'optional_creation_arguments': {creation},
+    'required_arguments': {{'n': int}},
+}}}}}}
+
+def {hook}(to_send, config):
+    for n in range(10):
+        to_send('ticks', {{'n': n}})
+"""
+
+COUNTING_SUBSCRIBER = """
+import logging
+log = logging.getLogger('counting')
+
+def on_tick(args, to_send, config):
+    log.warning('got %d', args['n'])
+
+connection_models = {'in': {'ticks': {
+    'connection_type': 'subscriber',
+    'required_creation_arguments': {'connection_function': on_tick},
+    'required_arguments': {'n': int},
+}}, 'out': {}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_counting_subscriber(cli, write_service, tmp_path, name: str, port: int) -> Any:
+    addresses = write_json(
+        tmp_path / f"{name}.json", {"in": {"ticks": {"subscriber": f"127.0.0.1:{port}"}}}
+    )
+    process = cli("-s", str(write_service(name, COUNTING_SUBSCRIBER)), "-a", str(addresses))
+    process.ready()
+    return process
+
+
+def run_publisher(cli, write_service, tmp_path, port: int, hook: str, **creation: Any) -> Any:
+    source = PUBLISHER_PROCESS.format(creation=repr(creation), hook=hook)
+    addresses = write_json(
+        tmp_path / "pub.json", {"in": {}, "out": {"ticks": {"publisher": f"127.0.0.1:{port}"}}}
+    )
+    args = ["-s", str(write_service("pub", source)), "-a", str(addresses)]
+    process = cli(*args, *(["-m"] if hook == "main" else []))
+    assert process.finish() == 0, process.log()
+    return process
+
+
+def received_numbers(subscriber: Any) -> list[int]:
+    subscriber.wait_for_count(r"counting \[.*\] got \d+$", 10, timeout=15)
+    return [int(line.rsplit(" ", 1)[1]) for line in subscriber.lines if " got " in line]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", [1, 2, 3])
+def test_subscriber_first_then_a_publisher_that_sends_at_once_loses_nothing(
+    cli, write_service, tmp_path, trial
+) -> None:
+    port = free_port()
+    subscriber = start_counting_subscriber(cli, write_service, tmp_path, "sub", port)
+    # The scenario itself, not a readiness wait: the subscriber has been retrying the
+    # absent publisher for a while, so its reconnect back-off has grown (libzmq's own
+    # would be at 1.6-3.2 s by now).
+    time.sleep(2.0)
+    run_publisher(cli, write_service, tmp_path, port, "main")
+    assert received_numbers(subscriber) == list(range(10))
+
+
+@pytest.mark.slow
+def test_wait_for_subscribers_starts_publishing_once_they_joined(
+    cli, write_service, tmp_path
+) -> None:
+    port = free_port()
+    subscribers = [
+        start_counting_subscriber(cli, write_service, tmp_path, f"sub{i}", port) for i in (1, 2)
+    ]
+    time.sleep(2.0)  # as above: subscribers that have been waiting a while
+    publisher = run_publisher(
+        cli, write_service, tmp_path, port, "init_function", wait_for_subscribers=2
+    )
+    assert re.search(r"connection 'ticks' has 2 of 2 subscriptions after", publisher.log())
+    for subscriber in subscribers:
+        assert received_numbers(subscriber) == list(range(10))
+
+
+FLOODED_SUBSCRIBER = """
+import json, logging
+log = logging.getLogger('flooded')
+seen = {'count': 0, 'low': None, 'high': None, 'ended': False}
+config_model = {'required': {'summary_path': str}}
+
+def on_tick(args, to_send, config):
+    n = args['n']
+    seen['count'] += 1
+    if seen['low'] is None:
+        seen['low'] = n
+        log.warning('first %d', n)
+    seen['high'] = n
+    if args.get('tag') == 'end' and not seen['ended']:
+        seen['ended'] = True
+        log.warning('end %d', n)
+
+def sigterm_handler(signum, frame, to_send, config):
+    with open(config['summary_path'], 'w') as f:
+        json.dump(seen, f)
+
+connection_models = {'in': {'ticks': {
+    'connection_type': 'subscriber',
+    'required_creation_arguments': {'connection_function': on_tick},
+    'optional_creation_arguments': {'socket_options': {'rcvhwm': 10}},
+    'required_arguments': {'n': int},
+    'optional_arguments': {'tag': str, 'pad': str},
+}}, 'out': {}}
+"""
+
+
+def publish_until(publish: Callable[[], object], process: Any, pattern: str) -> None:
+    """Publish (one message per try) until ``process`` logs a line matching ``pattern``."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        publish()
+        try:
+            process.wait_for(pattern, timeout=0.1)
+            return
+        except AssertionError:
+            continue
+    raise AssertionError(f"never saw {pattern!r}:\n{process.log()}")
+
+
+@pytest.mark.slow
+def test_a_stopped_subscriber_counts_and_logs_exactly_what_it_missed(
+    cli, write_service, client, tmp_path
+) -> None:
+    models = publisher_models(socket_options={"sndhwm": 10})
+    models["out"]["fills"]["optional_arguments"]["pad"] = str
+    publisher = client(models, {"out": {"fills": {"publisher": "127.0.0.1:0"}}}, name="flood")
+    address = host_port(publisher.endpoints()["out"]["fills"][0])
+    summary = tmp_path / "summary.json"
+    addresses = write_json(tmp_path / "sub.json", {"in": {"ticks": {"subscriber": address}}})
+    source = write_service("flooded", FLOODED_SUBSCRIBER)
+    subscriber = cli("-s", str(source), "-a", str(addresses), "--summary_path", str(summary))
+    subscriber.ready()
+    numbers = itertools.count()  # n = the publisher's sequence number: one per publish
+
+    def publish(tag: str, pad: str = "") -> None:
+        publisher.to_send("fills", {"n": next(numbers), "tag": tag, "pad": pad})
+
+    publish_until(lambda: publish("sync"), subscriber, r"flooded \[.*\] first \d+$")
+    subscriber.signal(signal.SIGSTOP)
+    try:
+        pad = "p" * 1000  # far more than the socket buffers and high-water marks hold
+        for _ in range(40_000):
+            publish("flood", pad)
+    finally:
+        subscriber.signal(signal.SIGCONT)
+    publish_until(lambda: publish("end"), subscriber, r"flooded \[.*\] end \d+$")
+    subscriber.signal(signal.SIGTERM)
+    assert subscriber.finish() == 0, subscriber.log()
+    seen = json.loads(summary.read_text())
+    sent = seen["high"] - seen["low"] + 1  # every message sent since the first one heard
+    lost = sent - seen["count"]
+    assert lost > 10_000, seen  # the flood did overflow the subscriber
+    log = subscriber.log()
+    stats = re.search(r"connection 'ticks' ConnectionStats\(.*missed=(\d+), gaps=(\d+)", log)
+    assert stats, log
+    assert int(stats.group(1)) == lost
+    assert int(stats.group(2)) >= 1
+    gap_lines = re.findall(
+        r"flooded: connection 'ticks' missed ([\d,]+) messages from flood\.fills/[0-9a-f]{6} ", log
+    )
+    assert sum(int(n.replace(",", "")) for n in gap_lines) == lost

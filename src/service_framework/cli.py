@@ -32,6 +32,7 @@ from .config import (
 from .errors import AddressError, ConfigError, ServiceFrameworkError, StartupError
 from .export import export_main
 from .graph import main as _graph_main
+from .logs import DEFAULT_LOG_MAX_BYTES
 from .probe import PROBE_FILE_ENV, probe_main
 from .security import Curve, create_keypair
 from .service import Service
@@ -53,6 +54,7 @@ _FLAGS: dict[str, bool] = {
     "-f": True, "--file_loglevel": True,
     "-bc": True, "--backup_count": True,
     "-l": True, "--log_path": True,
+    "--log_max_bytes": True,
     "-h": False, "--help": False,
     "--version": False,
     "--env_prefix": True,
@@ -95,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     add("-f", "--file_loglevel", default="INFO", help="log file level (default INFO)")
     add("-bc", "--backup_count", type=int, default=24, help="hourly log files to keep (default 24)")
     add("-l", "--log_path", help="log file path (rotated hourly)")
+    add(
+        "--log_max_bytes",
+        type=int,
+        default=DEFAULT_LOG_MAX_BYTES,
+        help="also rotate the log file before it grows past this many bytes "
+        f"(default {DEFAULT_LOG_MAX_BYTES}; 0: hourly only)",
+    )
     add("--traceback", action="store_true", help="show tracebacks for start-up errors")
     add("--curve_secret_key", help="this service's CURVE secret key file (turns CURVE on)")
     add(
@@ -209,6 +218,7 @@ def _build(args: argparse.Namespace, extra: list[str]) -> Service:
         log_path=args.log_path,
         file_loglevel=args.file_loglevel,
         backup_count=args.backup_count,
+        log_max_bytes=args.log_max_bytes,
         service_loop_min_wait_time=args.service_loop_min_wait_time_s,
         curve=curve,
         cli_strings=strings,

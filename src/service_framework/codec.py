@@ -8,15 +8,26 @@ not know, so later versions can add keys without breaking older peers):
 * error    ``{"v": 1, "workflow_id": str, "error": {"type": str, "message": str}}``
 
 A published message is the throughput path, so its frame is a msgpack array of exactly
-five: ``[topic, 1, workflow_id, args, meta]`` (``meta`` is nil when there is none).
-Positions instead of keys make it cheaper to encode and to decode, and the fixed length
-keeps the frame's leading bytes - the array header, then the topic as a msgpack str,
+seven: ``[topic, 1, workflow_id, args, meta, publisher, seq]`` (``meta`` is nil when
+there is none). ``publisher`` names the publishing socket (``<service>.<connection>/``
+plus a random tag, new each time it starts) and ``seq`` counts its messages from 0, so
+a subscriber sees which messages it missed (a gap in ``seq``) and from whom.
+Positions instead of keys make the frame cheaper to encode and to decode, and the fixed
+length keeps its leading bytes - the array header, then the topic as a msgpack str,
 whose header holds its length - the same for every message on a topic. SUB sockets
-filter on those bytes, so topic ``"orders"`` never matches ``"orders_eu"``. New fields
-travel in ``meta``; receivers ignore elements after the fifth.
+filter on those bytes, so topic ``"orders"`` never matches ``"orders_eu"``. Receivers
+also accept the earlier five-element frame, ``[topic, 1, workflow_id, args, meta]``
+(no sequence: nothing to count), and subscribe to both headers; they ignore elements
+after the seventh. New fields travel in ``meta``.
 
 ``v`` changes only for an incompatible change; a receiver rejects versions it does not
 know. ``meta`` is room for metadata that travels with a message (deadlines, tracing).
+
+A workflow id is at most ``WORKFLOW_ID_MAX_CHARS`` (256) characters and a publisher
+name at most ``PUBLISHER_MAX_CHARS`` (256): msgspec checks both in the same decode pass
+and a longer one is refused like any malformed envelope. Error texts quote what a peer
+sent cut short and escaped (see :func:`service_framework.logs.clip`), so neither a
+log line nor an error reply can be made huge or split into forged lines.
 
 Decoding a request validates its ``args`` against the connection's compiled model in
 the same msgspec pass, and restores ``Decimal``, ``UUID``, ``bytes``, sets and tuples.
@@ -29,13 +40,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 import zmq
 
 from .arrays import decode_ext, decode_hook, encode_hook
 from .errors import DecodeError
+from .logs import ERROR_TEXT_MAX, clip
 from .validation import (
     DictNode,
     FieldsNode,
@@ -45,19 +57,30 @@ from .validation import (
     contains_arrays,
     node_at,
 )
+from .workflow import WORKFLOW_ID_MAX_CHARS
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "ENVELOPE_VERSION",
+    "PUBLISHER_MAX_CHARS",
+    "WORKFLOW_ID_MAX_CHARS",
     "MessageCodec",
     "PublishCodec",
+    "Published",
     "Reply",
     "Request",
     "topic_prefix",
+    "topic_prefixes",
 ]
 
 ENVELOPE_VERSION: Final = 1
 DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+PUBLISHER_MAX_CHARS: Final = 256
+
+# Checked by msgspec while it decodes: a longer id is refused, never logged whole.
+WorkflowId = Annotated[str, msgspec.Meta(max_length=WORKFLOW_ID_MAX_CHARS)]
+PublisherName = Annotated[str, msgspec.Meta(max_length=PUBLISHER_MAX_CHARS)]
+SeqNumber = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class ErrorInfo(msgspec.Struct):
@@ -91,6 +114,15 @@ class Request(Protocol):
 
 
 @runtime_checkable
+class Published(Request, Protocol):
+    """A decoded published message: a :class:`Request` plus who sent it and its number
+    (``""`` and ``-1`` when the frame carries none)."""
+
+    publisher: str
+    seq: int
+
+
+@runtime_checkable
 class Reply(Protocol):
     """A decoded reply: ``error`` is ``None`` or the far side's error; otherwise
     ``return_args`` holds the (converted) reply."""
@@ -108,11 +140,12 @@ _LOOSE_FRAME = msgspec.msgpack.Decoder(_LooseFrame)
 
 # msgspec's names for what it found on the wire, in the validator's words.
 _WIRE_NAMES = {"array": "list", "object": "dict", "null": "None"}
-_EXPECTED = re.compile(r"^Expected `(.+?)`, got `(.+?)`$")
+# DOTALL: a name or value quoted from the peer may hold any character, newlines too.
+_EXPECTED = re.compile(r"^Expected `(.+?)`, got `(.+?)`$", re.DOTALL)
 _LENGTH = re.compile(r"^Expected `array` of length (\d+), got (\d+)$")
-_MISSING = re.compile(r"^Object missing required field `(.+?)`$")
-_UNKNOWN = re.compile(r"^Object contains unknown field `(.+?)`$")
-_ENUM = re.compile(r"^Invalid enum value (.+)$")
+_MISSING = re.compile(r"^Object missing required field `(.+?)`$", re.DOTALL)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(.+?)`$", re.DOTALL)
+_ENUM = re.compile(r"^Invalid enum value (.+)$", re.DOTALL)
 
 
 def _split_msgspec_error(text: str) -> tuple[str, str, bool]:
@@ -148,7 +181,7 @@ def _translate(text: str, root: str, node: Node) -> tuple[str, bool]:
         return f"{_generic(message)} at key in {path}", True
     unknown = _UNKNOWN.match(message)
     if unknown and isinstance(at, FieldsNode):
-        return at.unexpected(unknown.group(1), path), True
+        return at.unexpected(_shorten(unknown.group(1)), path), True
     if at is not None:
         found = _EXPECTED.match(message)
         if found:
@@ -160,8 +193,16 @@ def _translate(text: str, root: str, node: Node) -> tuple[str, bool]:
             return f"expected {at.describe()}, got list of length {got_length} at {path}", True
         enum = _ENUM.match(message)
         if enum:
-            return f"expected {at.describe()}, got {enum.group(1)} at {path}", True
+            return f"expected {at.describe()}, got {clip(enum.group(1))} at {path}", True
     return f"{_generic(message)} at {path}", True
+
+
+def _shorten(text: str) -> str:
+    """A peer's string cut to what an error text quotes (the quoting escapes it)."""
+    return text if len(text) <= _QUOTED else f"{text[:_QUOTED]}...({len(text):,} chars)"
+
+
+_QUOTED = 200  # characters of a peer's string quoted in an error text
 
 
 def _generic(message: str) -> str:
@@ -174,11 +215,16 @@ def _generic(message: str) -> str:
         return f"missing required key '{found.group(1)}'"
     found = _UNKNOWN.match(message)
     if found:
-        return f"unexpected key '{found.group(1)}'"
-    return message
+        return f"unexpected key {_shorten(found.group(1))!r}"
+    return clip(message, ERROR_TEXT_MAX)
 
 
 def encode_error(error_type: str, message: str, workflow_id: str) -> bytes:
+    """An error reply. Its text may quote what a peer sent (a handler's message often
+    does): it is cut to ``ERROR_TEXT_MAX`` characters and escaped, so an error reply is
+    never much larger than the request that caused it, nor several lines in a log."""
+    if len(message) > ERROR_TEXT_MAX or not message.isprintable():
+        message = clip(message, ERROR_TEXT_MAX)
     return _ENCODER.encode(
         {
             "v": ENVELOPE_VERSION,
@@ -190,11 +236,18 @@ def encode_error(error_type: str, message: str, workflow_id: str) -> bytes:
 
 def topic_prefix(topic: str) -> bytes:
     """The leading bytes of every frame published on ``topic``: a publish frame is a
-    msgpack array of five, so it starts with the array's header byte and the topic as a
+    msgpack array of seven, so it starts with the array's header byte and the topic as a
     msgpack str (whose header holds its length: an exact match)."""
-    return _ARRAY_OF_FIVE + _ENCODER.encode(topic)
+    return _ARRAY_OF_SEVEN + _ENCODER.encode(topic)
 
 
+def topic_prefixes(topic: str) -> tuple[bytes, bytes]:
+    """What a subscriber to ``topic`` subscribes to: the frame of today
+    (:func:`topic_prefix`) and the earlier five-element frame, which has no sequence."""
+    return topic_prefix(topic), _ARRAY_OF_FIVE + _ENCODER.encode(topic)
+
+
+_ARRAY_OF_SEVEN = b"\x97"
 _ARRAY_OF_FIVE = b"\x95"
 
 
@@ -209,7 +262,8 @@ def _read_loose(loose: msgspec.msgpack.Decoder[Any], frame: bytes | memoryview) 
 
 def _workflow_id_in(loose: msgspec.msgpack.Decoder[Any], frame: bytes | memoryview) -> str:
     wid = getattr(_read_loose(loose, frame), "workflow_id", "")
-    return wid if isinstance(wid, str) else ""
+    # An over-long id was the reason to refuse the frame: it is not echoed or logged.
+    return wid if isinstance(wid, str) and len(wid) <= WORKFLOW_ID_MAX_CHARS else ""
 
 
 class _Decoding:
@@ -275,17 +329,26 @@ class _Decoding:
                 return DecodeError(
                     f"unsupported envelope version {loose.v} (this side speaks {ENVELOPE_VERSION})"
                 )
+            wid = loose.workflow_id
+            if type(wid) is str and len(wid) > WORKFLOW_ID_MAX_CHARS:
+                return DecodeError(
+                    f"workflow_id of {len(wid):,} characters is longer than the "
+                    f"{WORKFLOW_ID_MAX_CHARS}-character cap"
+                )
             error = self.check_loose(loose) if self.check_loose is not None else None
             if error is not None:
                 return error
         if isinstance(exc, msgspec.ValidationError):
             detail, inside = _translate(str(exc), self.root, self.validator.node)
+            detail = clip(detail, ERROR_TEXT_MAX)  # whatever of the peer's text it quotes
             if inside:
                 return self.validator.error_from_detail(detail)
             return DecodeError(f"malformed envelope: {detail}")
         if isinstance(exc, msgspec.DecodeError):
-            return DecodeError(f"not a msgpack message: {exc}")
-        return DecodeError(f"undecodable message: {type(exc).__name__}: {exc}")
+            return DecodeError(f"not a msgpack message: {clip(exc, ERROR_TEXT_MAX)}")
+        return DecodeError(
+            f"undecodable message: {type(exc).__name__}: {clip(exc, ERROR_TEXT_MAX)}"
+        )
 
 
 class MessageCodec:
@@ -319,7 +382,7 @@ class MessageCodec:
             [
                 ("args", args_type),
                 ("v", Literal[ENVELOPE_VERSION], ENVELOPE_VERSION),
-                ("workflow_id", str, ""),
+                ("workflow_id", WorkflowId, ""),
                 ("meta", dict[str, Any] | None, None),
             ],
         )
@@ -328,7 +391,7 @@ class MessageCodec:
             "ReplyEnvelope",
             [
                 ("v", Literal[ENVELOPE_VERSION], ENVELOPE_VERSION),
-                ("workflow_id", str, ""),
+                ("workflow_id", WorkflowId, ""),
                 ("return_args", return_type | msgspec.UnsetType, msgspec.UNSET),
                 ("error", ErrorInfo | None, None),
             ],
@@ -381,12 +444,14 @@ class MessageCodec:
 class PublishCodec:
     """Frames for one publish/subscribe connection (see the module docstring).
 
-    ``decode(frame)`` decodes a frame received on a SUB socket subscribed to this
-    codec's topic (an empty topic receives every topic); it raises :class:`DecodeError`
-    or :class:`ValidationError`.
+    ``encode(args, workflow_id, seq)`` writes a frame as ``publisher`` (the publishing
+    side's name). ``decode(frame)`` decodes a frame received on a SUB socket subscribed
+    to this codec's ``prefixes`` (an empty topic receives every topic); it raises
+    :class:`DecodeError` or :class:`ValidationError`. A decoded frame's ``publisher``
+    and ``seq`` are ``""`` and ``-1`` for a five-element frame.
     """
 
-    __slots__ = ("_topic", "decode", "max_bytes", "prefix")
+    __slots__ = ("_publisher", "_topic", "decode", "max_bytes", "prefix", "prefixes")
 
     def __new__(cls, args: Validator, topic: str, **_: Any) -> PublishCodec:
         # Models with arrays get the codec whose large frames are sent without a copy.
@@ -395,10 +460,19 @@ class PublishCodec:
         return super().__new__(cls)
 
     def __init__(
-        self, args: Validator, topic: str, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+        self,
+        args: Validator,
+        topic: str,
+        *,
+        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        publisher: str = "",
     ) -> None:
+        if len(publisher) > PUBLISHER_MAX_CHARS:
+            raise ValueError(f"publisher name longer than {PUBLISHER_MAX_CHARS} characters")
         self.prefix = topic_prefix(topic)
+        self.prefixes = topic_prefixes(topic)
         self._topic = topic
+        self._publisher = publisher
         self.max_bytes = max_bytes
         # msgspec checks the topic (SUB filters only the first frame of a message; later
         # frames arrive as they are) while it decodes; a frame of another topic is
@@ -408,23 +482,27 @@ class PublishCodec:
             [
                 ("topic", Literal[topic] if topic else str),
                 ("v", Literal[ENVELOPE_VERSION]),
-                ("workflow_id", str),
+                ("workflow_id", WorkflowId),
                 ("args", args.node.wire()),
                 ("meta", dict[str, Any] | None, None),
+                ("publisher", PublisherName, ""),
+                ("seq", SeqNumber, -1),
             ],
             array_like=True,
         )
         decoding = _Decoding(frame, args.node, "$[3]", args, _LOOSE_FRAME, self._other_topic)
-        self.decode: Callable[[bytes], Request] = decoding.reader(
+        self.decode: Callable[[bytes], Published] = decoding.reader(
             max_bytes, "message", converts_args=True
         )
 
-    def encode(self, args: Any, workflow_id: str) -> bytes:
-        return _ENCODER.encode((self._topic, ENVELOPE_VERSION, workflow_id, args, None))
+    def encode(self, args: Any, workflow_id: str, seq: int = 0) -> bytes:
+        return _ENCODER.encode(
+            (self._topic, ENVELOPE_VERSION, workflow_id, args, None, self._publisher, seq)
+        )
 
     def _other_topic(self, loose: Any) -> Exception | None:
         if self._topic and type(loose.topic) is str and loose.topic != self._topic:
-            return DecodeError(f"frame is for topic {loose.topic!r}, not {self._topic!r}")
+            return DecodeError(f"frame is for topic {_shorten(loose.topic)!r}, not {self._topic!r}")
         return None
 
     @staticmethod
@@ -465,5 +543,5 @@ class _ArrayPublishCodec(PublishCodec):
 
     __slots__ = ()
 
-    def encode(self, args: Any, workflow_id: str) -> Any:
-        return _zero_copy(PublishCodec.encode(self, args, workflow_id))
+    def encode(self, args: Any, workflow_id: str, seq: int = 0) -> Any:
+        return _zero_copy(PublishCodec.encode(self, args, workflow_id, seq))

@@ -37,7 +37,7 @@ from .connections.base import ConnectionEnv, RunState
 from .connections.external_target import ExternalTarget, call_target
 from .errors import RemoteError, UnknownConnectionError, ValidationError
 from .loader import PreparedService, load_module, prepare_service
-from .logs import configure_logging
+from .logs import DEFAULT_LOG_MAX_BYTES, configure_logging
 from .models import ConnectionModel
 from .topology import Finding, Topology, load_topology
 from .workflow import (
@@ -112,12 +112,15 @@ class InlineServices:
         log_path: str | os.PathLike[str] | None = None,
         file_loglevel: str = "INFO",
         backup_count: int = 24,
+        *,
+        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
     ) -> None:
         configure_logging(
             console_loglevel,
             os.fspath(log_path) if log_path is not None else None,
             file_loglevel,
             backup_count,
+            log_max_bytes,
         )
         self._services: dict[str, _Service] = {}
         self._main: str | None = None

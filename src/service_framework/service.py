@@ -40,7 +40,7 @@ from typing import Any
 
 from .config import environment_config
 from .errors import StartupError, ValidationError
-from .logs import configure_logging
+from .logs import DEFAULT_LOG_MAX_BYTES, configure_logging
 from .runtime import RunOptions, ServiceRuntime
 from .security import Curve
 
@@ -98,6 +98,7 @@ class Service:
     adds config from environment variables (``APP_NUM=3`` -> ``num``, converted like
     command-line strings), read when the service starts; ``config=`` wins over them.
     ``probe_file`` is a heartbeat file kept fresh while the loop turns (see ``probe.py``).
+    ``log_max_bytes`` rotates the log file on size as well as hourly (0: hourly only).
     """
 
     def __init__(
@@ -119,6 +120,7 @@ class Service:
         cli_strings: Mapping[str, str] | None = None,
         env_prefix: str | None = None,
         probe_file: str | os.PathLike[str] | None = None,
+        log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
     ) -> None:
         if service_path is not None and service_module is not None:
             raise ValueError("give service_path or service_module, not both")
@@ -133,6 +135,7 @@ class Service:
             "log_path": os.fspath(log_path) if log_path is not None else None,
             "file_loglevel": file_loglevel,
             "backup_count": int(backup_count),
+            "log_max_bytes": log_max_bytes,
         }
         wait = (
             service_loop_min_wait_time_s

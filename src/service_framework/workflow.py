@@ -5,6 +5,12 @@ While a handler runs, the incoming id is the *current flow*; each ``to_send`` it
 passes the id on with a call counter (``<id>_1``, ``<id>_2``, ...), so one request can
 be followed across services by grepping logs for its id.
 
+An id is at most :data:`WORKFLOW_ID_MAX_CHARS` characters: a receiver refuses a message
+whose id is longer (a peer must not make every log line it touches megabytes long). An
+id that would grow past the cap after many hops is folded instead: its first
+:data:`_FOLD_KEEP` characters (the root id, still greppable) plus ``~`` and a hash of
+the whole id.
+
 The current flow lives in a :class:`contextvars.ContextVar`: each thread (the service
 loop, ``main``) sees its own, and the logging filter reads it without any handler
 reconfiguration per message.
@@ -12,13 +18,16 @@ reconfiguration per message.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
 import secrets
 from contextvars import ContextVar
+from typing import Final
 
 __all__ = [
     "IDLE",
+    "WORKFLOW_ID_MAX_CHARS",
     "Flow",
     "current_flow",
     "current_workflow_id",
@@ -47,9 +56,13 @@ class Flow:
         return self._id
 
     def next_call_id(self) -> str:
-        """The id of the next message this one sends: ``<id>_1``, ``<id>_2``, ..."""
+        """The id of the next message this one sends: ``<id>_1``, ``<id>_2``, ...
+        (folded if it would be longer than :data:`WORKFLOW_ID_MAX_CHARS`)."""
         self.calls += 1
-        return f"{self.id}_{self.calls}"
+        call_id = f"{self.id}_{self.calls}"
+        if len(call_id) > WORKFLOW_ID_MAX_CHARS:
+            return fold_workflow_id(call_id)
+        return call_id
 
     def child(self) -> Flow:
         """The flow of the next message this one sends.
@@ -63,6 +76,16 @@ class Flow:
 
 
 IDLE = "-"  # the id of a flow when no message is being handled
+
+WORKFLOW_ID_MAX_CHARS: Final = 256  # the longest id a receiver accepts
+_FOLD_KEEP: Final = 160  # characters of an over-long id kept when it is folded
+
+
+def fold_workflow_id(workflow_id: str) -> str:
+    """``workflow_id`` cut to its first characters plus ``~`` and a hash of all of it:
+    within the cap, the same for the same id, still starting with the root id."""
+    digest = hashlib.blake2b(workflow_id.encode("utf-8", "surrogatepass"), digest_size=8)
+    return f"{workflow_id[:_FOLD_KEEP]}~{digest.hexdigest()}"
 
 
 def flow_of(workflow_id: str) -> Flow:

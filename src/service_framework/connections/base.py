@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import zmq
 
 from ..errors import ValidationError
+from ..logs import ERROR_TEXT_MAX, clip
 from ..names import host_name_of
 from ..transport import SocketOptions, bind_or_connect, parse_endpoints
 from ..workflow import IDLE, Flow, current_flow, flow_of
@@ -45,6 +46,7 @@ __all__ = [
     "ConnectionStats",
     "InboundConnection",
     "OutboundConnection",
+    "RateLimit",
     "Reader",
     "RunState",
 ]
@@ -79,6 +81,42 @@ class ConnectionStats:
     reconnects: int = 0  # endpoints re-established after libzmq gave up on them
     handshake_failures: int = 0  # CURVE/ZMTP handshakes refused (by us, or by the server)
     accept_failures: int = 0  # incoming connections the listener failed to accept
+    # Subscribers: messages known lost, from gaps in the publishers' sequence numbers,
+    # and how many gaps there were (a gap is one run of missed messages).
+    missed: int = 0
+    gaps: int = 0
+    subscriptions: int = 0  # publishers: subscriptions received (one per subscriber join)
+
+
+class RateLimit:
+    """At most ``burst`` events at once, then ``per_s`` a second; counts the rest.
+
+    For log lines a peer can trigger: :meth:`allow` says whether to write this one, and
+    :attr:`held` how many were held back since the last one written.
+    """
+
+    __slots__ = ("burst", "held", "per_s", "stamp", "tokens")
+
+    def __init__(self, burst: int, per_s: float) -> None:
+        self.burst = burst
+        self.per_s = per_s
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.held = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_s)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.held += 1
+        return False
+
+    def take_held(self) -> int:
+        held, self.held = self.held, 0
+        return held
 
 
 @dataclass
@@ -120,12 +158,18 @@ class Connection:
     # This type's defaults for ``socket_options`` keys, where they differ from
     # ``SocketOptions``'s (the creation argument still overrides them).
     socket_defaults: ClassVar[Mapping[str, int]] = {}
+    # Bad input is logged, but a peer sending garbage as fast as it can must not write
+    # the log as fast as it can: a burst, then a few lines a second, each saying how
+    # many were not logged. The counts in `stats` stay exact.
+    _REJECTED_BURST: ClassVar[int] = 20
+    _REJECTED_PER_S: ClassVar[float] = 5.0
 
     def __init__(self, model: ConnectionModel, env: ConnectionEnv) -> None:
         self.model = model
         self.env = env
         self.name = model.name
         self.stats = ConnectionStats()
+        self._rejected_limit = RateLimit(self._REJECTED_BURST, self._REJECTED_PER_S)
         self.socket_options = SocketOptions.from_mapping(
             {**self.socket_defaults, **(model.creation_arguments.get("socket_options") or {})}
         )
@@ -277,16 +321,25 @@ class InboundConnection(Connection):
             flow._id = IDLE
 
     def log_rejected(self, error: Exception, workflow_id: str) -> None:
+        """Count a message that did not decode or validate, and log it (rate-limited,
+        the peer's text cut short and escaped)."""
         self.stats.rejected += 1
+        limit = self._rejected_limit
+        if not limit.allow():
+            return
+        held = limit.take_held()
         self.env.log.warning(
-            "%s: connection '%s' rejected a message [%s]: %s",
+            "%s: connection '%s' rejected a message [%s]: %s%s",
             self.env.service,
             self.name,
-            workflow_id or "-",
-            error,
+            clip(workflow_id) if workflow_id else "-",
+            clip(error, ERROR_TEXT_MAX),
+            f" ({held:,} more rejected since the last such line)" if held else "",
         )
 
     def log_failed(self, error: BaseException, workflow_id: str) -> None:
+        """Count and log a handler that raised, under the message's workflow id (the
+        error's text, which may quote the peer's input, cut short and escaped)."""
         self.stats.failed += 1
         token = current_flow.set(flow_of(workflow_id))
         try:
@@ -295,7 +348,7 @@ class InboundConnection(Connection):
                 self.env.service,
                 self.name,
                 type(error).__name__,
-                error,
+                clip(error, ERROR_TEXT_MAX),
                 exc_info=error,
             )
         finally:

@@ -1,14 +1,32 @@
-"""``publisher``: broadcasts to subscribers. A PUB socket that binds (or connects, with
+"""``publisher``: broadcasts to subscribers. An XPUB socket that binds (or connects, with
 ``is_x_pub: True``, to an XSUB proxy or to a subscriber that binds).
 
-Delivery is at-most-once: a PUB socket never blocks; a subscriber that is not connected
-yet, or is ``sndhwm`` messages behind, misses messages. ``wait_after_creation_s``
-(default 0.15) pauses once after start-up so subscribers that are already running have
-time to (re)connect before the first message.
+Delivery is at-most-once: the socket never blocks; a subscriber that is not connected
+yet, or is ``sndhwm`` messages behind, misses messages. Every message carries this
+publisher's name and a sequence number (see ``codec.py``), so a subscriber counts and
+logs what it missed.
+
+Start-up: XPUB (rather than PUB) lets the publisher see subscriptions arrive. With
+``wait_for_subscribers: N`` it waits until N subscriptions have arrived (at most
+``wait_for_subscribers_timeout_s``, default 10, then goes on with a warning); otherwise
+it waits ``wait_after_creation_s`` (default 0.5: longer than a subscriber's reconnect
+interval, at most 0.2 s, so subscribers that are already running have joined). A proxy
+passes on one subscription per topic, so behind one wait for 1.
+
+A message whose frame would be over ``max_message_bytes`` is refused before anything is
+sent: ``to_send`` raises ``ValidationError``. (A subscriber would drop the connection on
+receiving it, and libzmq would not reconnect it.)
+
+An XPUB socket queues what its peers send (subscriptions, and anything else a peer
+writes) until it is read: a background thread drains it a few times a second, so that
+queue stays small whether or not the service publishes.
 """
 
 from __future__ import annotations
 
+import secrets
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -16,10 +34,16 @@ from typing import Any
 import zmq
 
 from ..codec import PublishCodec
+from ..errors import ValidationError
 from ..transport import sender_of
 from .base import ConnectionEnv, OutboundConnection
 
 __all__ = ["Publisher"]
+
+DEFAULT_WAIT_AFTER_CREATION_S = 0.5
+DEFAULT_WAIT_FOR_SUBSCRIBERS_TIMEOUT_S = 10.0
+_DRAIN_INTERVAL_S = 0.1  # how often the socket's incoming queue is emptied
+_WAIT_POLL_MS = 50  # the start-up wait re-checks its deadline at least this often
 
 
 class Publisher(OutboundConnection):
@@ -30,6 +54,8 @@ class Publisher(OutboundConnection):
         "topic": str,
         "is_x_pub": bool,
         "wait_after_creation_s": int | float,
+        "wait_for_subscribers": int,
+        "wait_for_subscribers_timeout_s": int | float,
         "socket_options": dict,
     }
 
@@ -37,34 +63,129 @@ class Publisher(OutboundConnection):
         super().__init__(model, env)
         args = model.creation_arguments
         self.topic: str = args.get("topic") or ""
-        self.wait_after_creation_s = float(args.get("wait_after_creation_s", 0.15))
-        self.codec = PublishCodec(
-            model.args, self.topic, max_bytes=self.socket_options.max_message_bytes
+        self.wait_after_creation_s = float(
+            args.get("wait_after_creation_s", DEFAULT_WAIT_AFTER_CREATION_S)
         )
+        self.wait_for_subscribers: int = args.get("wait_for_subscribers", 0)
+        self.wait_for_subscribers_timeout_s = float(
+            args.get("wait_for_subscribers_timeout_s", DEFAULT_WAIT_FOR_SUBSCRIBERS_TIMEOUT_S)
+        )
+        # The name subscribers report gaps under; the random tag is new at every start,
+        # so a restarted publisher (counting from 0 again) is a new sequence.
+        self.publisher_name = f"{env.service}.{self.name}"[:240] + "/" + secrets.token_hex(3)
+        self.codec = PublishCodec(
+            model.args,
+            self.topic,
+            max_bytes=self.socket_options.max_message_bytes,
+            publisher=self.publisher_name,
+        )
+        # A subscription is for this publisher's messages if they start with it.
+        self._frame_prefix = self.codec.prefix
         self.socket: zmq.Socket[Any] | None = None
         self._send: Callable[[bytes], Any] = self._closed
         self._publish = self._publisher()
+        self._stop_draining = threading.Event()
+        self._drainer: threading.Thread | None = None
 
     @classmethod
     def prepare(
         cls, creation_arguments: dict[str, Any], namespace: Mapping[str, Any]
     ) -> dict[str, Any]:
-        wait = creation_arguments.get("wait_after_creation_s", 0)
-        if wait < 0:
-            raise ValueError(f"creation argument 'wait_after_creation_s' must be >= 0, got {wait}")
+        for key in ("wait_after_creation_s", "wait_for_subscribers"):
+            value = creation_arguments.get(key, 0)
+            if value < 0:
+                raise ValueError(f"creation argument '{key}' must be >= 0, got {value}")
+        timeout = creation_arguments.get("wait_for_subscribers_timeout_s", 1)
+        if timeout <= 0:
+            raise ValueError(
+                f"creation argument 'wait_for_subscribers_timeout_s' must be > 0, got {timeout}"
+            )
         return super().prepare(creation_arguments, namespace)
 
     def binding(self) -> bool:
         return not self.model.creation_arguments.get("is_x_pub", False)
 
     def open(self, addresses: Mapping[str, Any]) -> None:
-        self.socket = self._socket(zmq.PUB, addresses, "publisher")
-        self._send = sender_of(self.socket)
-        if self.wait_after_creation_s:
-            # The seed's slow-joiner guard; set it to 0 where subscribers synchronise.
-            time.sleep(self.wait_after_creation_s)
+        sock = self._socket(zmq.XPUB, addresses, "publisher")
+        # Every subscription, not only the first for each topic, so that subscribers can
+        # be counted. Set before this thread first lets the socket read its peers.
+        sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.socket = sock
+        self._send = sender_of(sock)
+        self._wait_at_start(sock)
+        self._drainer = threading.Thread(
+            target=self._drain_forever, name=f"{self.env.service}-{self.name}-xpub", daemon=True
+        )
+        self._drainer.start()
+
+    def _wait_at_start(self, sock: zmq.Socket[Any]) -> None:
+        """The slow-joiner guard: until ``wait_for_subscribers`` subscriptions arrived (or
+        its timeout), else for ``wait_after_creation_s``; 0 where subscribers synchronise."""
+        wanted = self.wait_for_subscribers
+        started = time.monotonic()
+        deadline = started + (
+            self.wait_for_subscribers_timeout_s if wanted else self.wait_after_creation_s
+        )
+        while not (wanted and self.stats.subscriptions >= wanted):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if sock.poll(min(_WAIT_POLL_MS, int(remaining * 1000) + 1), zmq.POLLIN):
+                self._drain(sock)
+        if not wanted:
+            return
+        got, waited = self.stats.subscriptions, time.monotonic() - started
+        if got >= wanted:
+            self.env.log.info(
+                "%s: connection '%s' has %d of %d subscriptions after %.2fs",
+                self.env.service,
+                self.name,
+                got,
+                wanted,
+                waited,
+            )
+        else:
+            self.env.log.warning(
+                "%s: connection '%s' going on with %d of %d subscriptions after %.2fs "
+                "(wait_for_subscribers_timeout_s); the missing subscribers miss what is "
+                "published until they join",
+                self.env.service,
+                self.name,
+                got,
+                wanted,
+                waited,
+            )
+
+    def _drain(self, sock: zmq.Socket[Any]) -> None:
+        """Read everything the socket's peers sent; count the subscriptions that match
+        this publisher's frames (a subscriber sends one each time it connects)."""
+        prefix, stats = self._frame_prefix, self.stats
+        while True:
+            try:
+                event = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if event[:1] == b"\x01" and prefix.startswith(event[1:]):
+                stats.subscriptions += 1
+
+    def _drain_forever(self) -> None:
+        # Signals belong to the main thread (see runtime.signals_blocked).
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        while not self._stop_draining.wait(_DRAIN_INTERVAL_S):
+            with self.lock:  # the socket is used by one thread at a time
+                if self.socket is None:
+                    return
+                try:
+                    self._drain(self.socket)
+                except zmq.ZMQError:  # the context is terminating
+                    return
 
     def close(self) -> None:
+        self._stop_draining.set()
+        if self._drainer is not None:
+            self._drainer.join(5)
+            self._drainer = None
         with self.lock:
             if self.socket is not None:
                 self.socket.close(linger=self.socket_options.linger_ms)
@@ -83,26 +204,44 @@ class Publisher(OutboundConnection):
     def sender(self) -> Callable[[Any, str], None]:
         return self._publish
 
+    def too_large(self, size: int) -> ValidationError:
+        """The error for a message whose frame is over ``max_message_bytes``."""
+        limit = self.socket_options.max_message_bytes
+        return ValidationError(
+            f"the message is {size:,} bytes encoded, over this connection's "
+            f"max_message_bytes of {limit:,}; nothing was sent",
+            service=self.env.service,
+            connection=self.name,
+            direction="args",
+        )
+
     def _publisher(self) -> Callable[[Any, str], None]:
         # A closure over what it needs rather than a method: this runs per message.
         check, args_error, encode = self.model.args.check, self.model.args.error, self.codec.encode
         acquire, release = self.lock.acquire, self.lock.release
-        stats, unencodable = self.stats, self.unencodable
+        stats, unencodable, too_large = self.stats, self.unencodable, self.too_large
+        max_bytes = self.socket_options.max_message_bytes
         debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
+        seq = 0  # this publisher's next sequence number
 
         def publish(args: Any, workflow_id: str) -> None:
+            nonlocal seq
             if not check(args):
                 raise args_error(args)
-            try:
-                frame = encode(args, workflow_id)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise unencodable(exc) from None
-            if debug:
-                log.debug("%s: publishing on '%s' [%s]", service, name, workflow_id)
-            # acquire/release rather than `with`: half the cost.
+            # acquire/release rather than `with`: half the cost. The number is given and
+            # the frame sent under the lock, so frames leave in the order of their numbers.
             acquire()
             try:
-                self._send(frame)  # PUB never blocks: beyond sndhwm, messages are dropped
+                try:
+                    frame = encode(args, workflow_id, seq)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    raise unencodable(exc) from None
+                if len(frame) > max_bytes:
+                    raise too_large(len(frame))
+                if debug:
+                    log.debug("%s: publishing on '%s' [%s]", service, name, workflow_id)
+                self._send(frame)  # XPUB never blocks: beyond sndhwm, messages are dropped
+                seq += 1
             finally:
                 release()
             stats.handled += 1
