@@ -11,7 +11,9 @@ subscriber's failure is logged and the publisher carries on.
 
 Differences from running over sockets, by design: everything runs in the calling
 thread, no signal handlers are installed, and handlers receive the sender's objects
-rather than decoded copies.
+rather than decoded copies - except a value the receiver's check refuses, which is
+judged as the wire would judge it (see ``_as_received``): converted losslessly, or
+refused with the wire's own error.
 
 Contracts are checked as ``service_framework check`` checks a topology: a relation whose
 connection types or topics can never work is refused by ``add_relation``
@@ -33,6 +35,7 @@ from types import ModuleType
 from typing import Any
 
 from .check import check_link
+from .codec import MessageCodec
 from .connections.base import ConnectionEnv, RunState
 from .connections.external_target import ExternalTarget, call_target
 from .errors import RemoteError, UnknownConnectionError, ValidationError
@@ -40,6 +43,7 @@ from .loader import PreparedService, load_module, prepare_service
 from .logs import DEFAULT_LOG_MAX_BYTES, configure_logging
 from .models import ConnectionModel
 from .topology import Finding, Topology, load_topology
+from .validation import Validator, compile_fields
 from .workflow import (
     IDLE,
     Flow,
@@ -68,6 +72,7 @@ class _Target:
     to_send: ToSend
     config: dict[str, Any]
     check_args: Callable[[Any], bool] | None  # None: identical to the sender's check
+    receive: Callable[[Any], Any]  # what the wire makes of args check_args refused
     check_return: Callable[[Any], bool] | None
     none_ok: bool
 
@@ -329,6 +334,7 @@ class InlineServices:
             to_send=service.to_send,
             config=service.prepared.config,
             check_args=check_args,
+            receive=_as_received(model.args),
             check_return=check_return,
             none_ok=none_ok,
         )
@@ -410,17 +416,42 @@ def _remote(target: _Target, error: Exception, flow: Flow) -> RemoteError:
     )
 
 
+def _as_received(validator: Validator) -> Callable[[Any], Any]:
+    """What the wire makes of a value its receiver's check refused.
+
+    A receiver converts losslessly what a sender may send as another type - an ``int``
+    where ``float`` is declared, a number where ``Decimal`` is (README, "Models and
+    validation") - so inline the refused value is encoded as a sender would and decoded
+    as the receiver does: the handler gets the converted value, or the caller the very
+    error the wire would give. Runs only after a failed check, never on the usual path.
+    """
+    codec = MessageCodec(validator, _UNCHECKED)
+
+    def receive(value: Any) -> Any:
+        try:
+            frame = codec.encode_request(value, "")
+        except (TypeError, ValueError, OverflowError):  # no msgpack form: not sendable
+            raise validator.error(value) from None
+        return codec.decode_request(frame).args
+
+    return receive
+
+
+_UNCHECKED = Validator(compile_fields(None, None))
+
+
 def _replier(target: _Target) -> Callable[[Any, Flow], Any]:
     """The replyer's side of a request, as its service would run it on receiving one:
     its args check, its handler, its return check, under ``flow`` (already the callee's).
     Returns ``None`` for a ``None`` reply its model allows."""
     handler, to_send, config = target.handler, target.to_send, target.config
     check_in, check_return, none_ok = target.check_args, target.check_return, target.none_ok
+    receive = target.receive
 
     def reply(args: Any, flow: Flow) -> Any:
         try:
             if check_in is not None and not check_in(args):
-                raise target.model.args.error(args)
+                args = receive(args)  # converted as the wire would, or its error
             result = handler(args, to_send, config)
             if result is None and none_ok:
                 return None
@@ -443,7 +474,8 @@ def _request_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
     """
     check_args, args_error = out_model.args.check, out_model.args.error
     assert out_model.returns is not None
-    check_reply, reply_error = out_model.returns.check, out_model.returns.error
+    check_reply = out_model.returns.check
+    reply_received = _as_received(out_model.returns)
     replies = [_replier(target) for target in targets]
     single = replies[0] if len(replies) == 1 else None
     # When the one replyer checks its return with the very same function the requester
@@ -489,7 +521,7 @@ def _request_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
         if result is None:
             result = {}
         if reply_checked_twice and not check_reply(result):
-            raise reply_error(result)
+            result = reply_received(result)  # converted as the wire would, or its error
         return result
 
     return route
@@ -508,9 +540,10 @@ def _publish_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
             # Each subscriber counts its own onward sends, as each would over the wire.
             token = current_flow.set(flow if len(targets) == 1 else flow_of(flow.id))
             try:
+                received = args
                 if target.check_args is not None and not target.check_args(args):
-                    raise target.model.args.error(args)
-                target.handler(args, target.to_send, target.config)
+                    received = target.receive(args)  # as the wire would, or its error
+                target.handler(received, target.to_send, target.config)
             except Exception as error:
                 _log_failure(target, error, flow)
             finally:
