@@ -29,7 +29,13 @@ def on_quote(args, to_send, config):
         return {'price': 'free'}
     if args['symbol'] == 'NONE':
         return None
+    if args['symbol'] == 'UNPRINTABLE':
+        raise Unprintable()
     return {'price': args['qty'] * Decimal('1.5'), 'tags': ('a', 1)}
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError('no text for this one')
 
 def on_measure(args, to_send, config):
     # What the handler got, and a reply with an int where the client declares float.
@@ -174,6 +180,13 @@ def outcome(harness: Harness, connection: str, args: Any) -> tuple[str, Any]:
 
 
 CASES: list[tuple[str, str, Any, tuple[str, Any]]] = [
+    (
+        # A handler's exception whose str() fails still gets an error reply.
+        "handler error without text",
+        "quote",
+        {"symbol": "UNPRINTABLE", "qty": 1},
+        ("remote", ("Unprintable", "<Unprintable whose str() failed>")),
+    ),
     (
         "round trip with types restored",
         "quote",

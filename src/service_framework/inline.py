@@ -40,7 +40,7 @@ from .connections.base import ConnectionEnv, RunState
 from .connections.external_target import ExternalTarget, call_target
 from .errors import RemoteError, UnknownConnectionError, ValidationError
 from .loader import PreparedService, load_module, prepare_service
-from .logs import DEFAULT_LOG_MAX_BYTES, configure_logging
+from .logs import DEFAULT_LOG_MAX_BYTES, ERROR_TEXT_MAX, clip, configure_logging
 from .models import ConnectionModel
 from .topology import Finding, Topology, load_topology
 from .validation import Validator, compile_fields
@@ -399,7 +399,7 @@ def _log_failure(target: _Target, error: Exception, flow: Flow) -> None:
         target.service,
         target.connection,
         type(error).__name__,
-        error,
+        clip(error, ERROR_TEXT_MAX),  # as over sockets: cut short, escaped, never failing
         flow.id,
         exc_info=not isinstance(error, ValidationError),
     )
@@ -410,7 +410,7 @@ def _remote(target: _Target, error: Exception, flow: Flow) -> RemoteError:
     _log_failure(target, error, flow)
     return RemoteError(
         type(error).__name__,
-        str(error),
+        clip(error, ERROR_TEXT_MAX),  # as the wire's error reply carries it
         connection=f"{target.service}: connection '{target.connection}'",
         workflow_id=flow.id,
     )

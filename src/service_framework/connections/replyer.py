@@ -23,6 +23,7 @@ import zmq
 
 from ..codec import MessageCodec
 from ..errors import DecodeError, ValidationError
+from ..logs import ERROR_TEXT_MAX, clip
 from ..transport import sender_of
 from .base import ConnectionEnv, InboundConnection, Reader
 
@@ -181,6 +182,8 @@ class Replyer(InboundConnection):
                 raise self._oversized(len(reply))
         except Exception as error:
             self.log_failed(error, workflow_id)
-            return codec.encode_error(type(error).__name__, str(error), workflow_id)
+            # clip, not str(): a handler's exception whose __str__ fails still gets a reply.
+            text = clip(error, ERROR_TEXT_MAX)
+            return codec.encode_error(type(error).__name__, text, workflow_id)
         self.stats.handled += 1
         return reply
