@@ -25,7 +25,7 @@ test: lint typecheck
 
 # The example system on honcho; free ports, so it never collides with anything running.
 demo: $(STAMP)
-	$(VENV)/bin/service_framework up --free_ports examples/orders/system.toml
+	$(VENV)/bin/service_framework up --free_ports -cl WARNING examples/orders/system.toml
 
 bench: $(STAMP)
 	$(PY) benchmarks/validation.py

@@ -17,13 +17,20 @@ from conftest import REPO
 pytest.importorskip("honcho")
 
 # The Makefile's demo target, run by the tests' interpreter.
-DEMO = ["up", "--free_ports", "--no_colour", str(REPO / "examples" / "orders" / "system.toml")]
+DEMO = [
+    "up",
+    "--free_ports",
+    "-cl",
+    "WARNING",
+    "--no_colour",
+    str(REPO / "examples" / "orders" / "system.toml"),
+]
 STARTED = re.compile(r"system\s+\| (?P<name>\S+) started \(pid=(?P<pid>\d+)\)")
 
 
 def test_makefile_demo_is_up_on_the_example_topology() -> None:
     makefile = (REPO / "Makefile").read_text()
-    assert "service_framework up --free_ports examples/orders/system.toml" in makefile
+    assert "service_framework up --free_ports -cl WARNING examples/orders/system.toml" in makefile
 
 
 def test_order_flow_demo_runs_and_every_service_exits_cleanly() -> None:
