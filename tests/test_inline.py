@@ -413,3 +413,25 @@ def test_after_inline_calls_this_thread_is_outside_any_workflow(paths) -> None:
     # The thread that ran them is idle again: no current id, and a send starts afresh.
     assert current_workflow_id() is None
     assert "_" not in outgoing_flow().id
+
+
+def test_logging_is_set_up_by_start_not_by_the_constructor(write_service, tmp_path) -> None:
+    import logging
+    import types
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    log = tmp_path / "inline.log"
+    services = InlineServices(console_loglevel=None, log_path=log)
+    assert root.handlers == before  # building it (e.g. to check relations) changes nothing
+    driver = types.ModuleType("quiet_driver")
+    driver.main = lambda to_send, config: logging.getLogger("driver").warning("ran")  # type: ignore[attr-defined]
+    services.set_main_service_by_module("driver", driver)
+    try:
+        services.start()
+        assert root.handlers != before
+        assert "ran" in log.read_text()
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+            handler.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+import types
 from pathlib import Path
 from typing import Any
 
@@ -244,9 +245,16 @@ def test_size_rotation_keeps_backup_count_files(cli, write_service, tmp_path) ->
 def test_log_max_bytes_on_the_object_interfaces(tmp_path, write_service) -> None:
     inline_log, service_log = tmp_path / "inline.log", tmp_path / "service.log"
     try:
-        InlineServices(console_loglevel=None, log_path=inline_log, log_max_bytes=500)
-        for i in range(30):
-            logging.getLogger("talker").warning("line %d %s", i, "y" * 50)
+        inline = InlineServices(console_loglevel=None, log_path=inline_log, log_max_bytes=500)
+        driver = types.ModuleType("talker_driver")
+
+        def talk(to_send: Any, config: Any) -> None:
+            for i in range(30):
+                logging.getLogger("talker").warning("line %d %s", i, "y" * 50)
+
+        driver.main = talk  # type: ignore[attr-defined]
+        inline.set_main_service_by_module("driver", driver)
+        inline.start()
         service = Service(
             write_service("talker", TALKER),
             addresses={"in": {}, "out": {}},

@@ -40,7 +40,13 @@ from .connections.base import ConnectionEnv, RunState
 from .connections.external_target import ExternalTarget, call_target
 from .errors import RemoteError, UnknownConnectionError, ValidationError
 from .loader import PreparedService, load_module, prepare_service
-from .logs import DEFAULT_LOG_MAX_BYTES, ERROR_TEXT_MAX, clip, configure_logging
+from .logs import (
+    DEFAULT_LOG_MAX_BYTES,
+    ERROR_TEXT_MAX,
+    check_logging,
+    clip,
+    configure_logging,
+)
 from .models import ConnectionModel
 from .topology import Finding, Topology, load_topology
 from .validation import Validator, compile_fields
@@ -120,7 +126,10 @@ class InlineServices:
         *,
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
     ) -> None:
-        configure_logging(
+        # Applied by start(), when the services run: building an InlineServices (to check
+        # relations, say) leaves the process's logging as it was. Bad values fail here.
+        check_logging(console_loglevel, file_loglevel, log_max_bytes)
+        self._logging = (
             console_loglevel,
             os.fspath(log_path) if log_path is not None else None,
             file_loglevel,
@@ -361,10 +370,12 @@ class InlineServices:
 
     # ------------------------------------------------------------------ running
     def start(self) -> Any:
-        """Run every service's ``init_function`` (in the order they were added), then the
-        main service's ``main(to_send, config)``; returns what ``main`` returns."""
+        """Set up logging as the constructor's arguments say, run every service's
+        ``init_function`` (in the order they were added), then the main service's
+        ``main(to_send, config)``; returns what ``main`` returns."""
         if self._main is None:
             raise ValueError("no main service: call set_main_service() before start()")
+        configure_logging(*self._logging)
         for service in self._services.values():
             module = service.prepared.module
             if hasattr(module, "init_function"):

@@ -230,6 +230,20 @@ def _level(value: str | int, what: str) -> int:
     return level
 
 
+def check_logging(
+    console_loglevel: str | int | None, file_loglevel: str | int, log_max_bytes: int
+) -> None:
+    """Raise ``ValueError`` for arguments :func:`configure_logging` would refuse, without
+    touching any logger (for runners that set logging up later)."""
+    if console_loglevel is not None:
+        _level(console_loglevel, "console log level")
+    _level(file_loglevel, "file log level")
+    if type(log_max_bytes) is not int or log_max_bytes < 0:
+        raise ValueError(
+            f"log_max_bytes must be an int >= 0 (0: no size cap), got {log_max_bytes!r}"
+        )
+
+
 def configure_logging(
     console_loglevel: str | int | None = "INFO",
     log_path: str | Path | None = None,
@@ -243,10 +257,7 @@ def configure_logging(
     grow past ``log_max_bytes`` (0: hourly only), keeping ``backup_count`` old files.
     ``console_loglevel=None`` disables console output.
     """
-    if type(log_max_bytes) is not int or log_max_bytes < 0:
-        raise ValueError(
-            f"log_max_bytes must be an int >= 0 (0: no size cap), got {log_max_bytes!r}"
-        )
+    check_logging(console_loglevel, file_loglevel, log_max_bytes)
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _OwnedHandler)]:
         root.removeHandler(handler)
