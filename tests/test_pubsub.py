@@ -249,8 +249,8 @@ def test_oversized_publish_is_refused_and_deafens_nobody(
     handled = publisher.stats()["fills"].handled
     with pytest.raises(
         ValidationError,
-        match=r"^client: fills\.args: the message is 5,\d{3} bytes encoded, over this "
-        r"connection's max_message_bytes of 2,000; nothing was sent$",
+        match=r"^client: fills\.args: the encoded message is 5,\d{3} bytes, over this "
+        r"connection's max_message_bytes of 2,000$",
     ):
         publisher.to_send("fills", {"n": 1, "tag": "x" * 5000})
     assert publisher.stats()["fills"].handled == handled

@@ -192,6 +192,18 @@ class Connection:
         """Whether this connection binds (True) or connects (False)."""
         return self.binds
 
+    def too_large(self, size: int, what: str, direction: str = "args") -> ValidationError:
+        """The error for an encoded ``what`` (message, request, reply) over this
+        connection's ``max_message_bytes``: raised before sending, because a peer with the
+        same limit would drop the whole connection on it (libzmq closes it)."""
+        return ValidationError(
+            f"the encoded {what} is {size:,} bytes, over this connection's "
+            f"max_message_bytes of {self.socket_options.max_message_bytes:,}",
+            service=self.env.service,
+            connection=self.name,
+            direction=direction,
+        )
+
     def where(self, key: str | None = None) -> str:
         suffix = f", address key '{key}'" if key else ""
         return f"{self.env.service}: connection '{self.name}'{suffix}"

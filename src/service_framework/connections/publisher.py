@@ -34,7 +34,6 @@ from typing import Any
 import zmq
 
 from ..codec import PublishCodec
-from ..errors import ValidationError
 from ..transport import sender_of
 from .base import ConnectionEnv, OutboundConnection
 
@@ -204,17 +203,6 @@ class Publisher(OutboundConnection):
     def sender(self) -> Callable[[Any, str], None]:
         return self._publish
 
-    def too_large(self, size: int) -> ValidationError:
-        """The error for a message whose frame is over ``max_message_bytes``."""
-        limit = self.socket_options.max_message_bytes
-        return ValidationError(
-            f"the message is {size:,} bytes encoded, over this connection's "
-            f"max_message_bytes of {limit:,}; nothing was sent",
-            service=self.env.service,
-            connection=self.name,
-            direction="args",
-        )
-
     def _publisher(self) -> Callable[[Any, str], None]:
         # A closure over what it needs rather than a method: this runs per message.
         check, args_error, encode = self.model.args.check, self.model.args.error, self.codec.encode
@@ -237,7 +225,7 @@ class Publisher(OutboundConnection):
                 except (TypeError, ValueError, OverflowError) as exc:
                     raise unencodable(exc) from None
                 if len(frame) > max_bytes:
-                    raise too_large(len(frame))
+                    raise too_large(len(frame), "message")
                 if debug:
                     log.debug("%s: publishing on '%s' [%s]", service, name, workflow_id)
                 self._send(frame)  # XPUB never blocks: beyond sndhwm, messages are dropped

@@ -149,16 +149,6 @@ class Replyer(InboundConnection):
                 refused,
             )
 
-    def _oversized(self, size: int) -> ValidationError:
-        # The requester's socket (same limit) would drop the connection on this reply:
-        # its caller would see a timeout, and a retry would run the handler again.
-        return ValidationError(
-            f"the encoded reply is {size} bytes, over max_message_bytes ({self._max_bytes})",
-            service=self.env.service,
-            connection=self.name,
-            direction="return",
-        )
-
     def respond(self, frame: bytes) -> bytes:
         """The reply frame for one request frame. Never raises."""
         codec = self.codec
@@ -179,7 +169,9 @@ class Replyer(InboundConnection):
                 raise self._return_error(result)
             reply = codec.encode_reply(result, workflow_id)
             if len(reply) > self._max_bytes:
-                raise self._oversized(len(reply))
+                # The requester's socket (same limit) would drop the connection on this
+                # reply: its caller would see a timeout, and a retry run the handler again.
+                raise self.too_large(len(reply), "reply", "return_args")
         except Exception as error:
             self.log_failed(error, workflow_id)
             # clip, not str(): a handler's exception whose __str__ fails still gets a reply.

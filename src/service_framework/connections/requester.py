@@ -153,7 +153,7 @@ class Requester(OutboundConnection):
         if len(frame) > self._max_bytes:
             # The replyer's MAXMSGSIZE would drop the connection without a word, and the
             # caller would wait out every attempt's timeout.
-            raise self.oversized(len(frame))
+            raise self.too_large(len(frame), "request")
         if self.env.debug:
             self.env.log.debug("%s: sending on '%s' [%s]", self.env.service, self.name, workflow_id)
         attempts = self.retries + 1
@@ -173,16 +173,6 @@ class Requester(OutboundConnection):
         finally:
             lock.release()
         return self._result(reply, workflow_id)
-
-    def oversized(self, size: int) -> ValidationError:
-        """The error for a request whose encoding is over ``max_message_bytes``."""
-        return ValidationError(
-            f"the encoded request is {size} bytes, over max_message_bytes "
-            f"({self._max_bytes}); a replyer with the same limit would drop it",
-            service=self.env.service,
-            connection=self.name,
-            direction="args",
-        )
 
     def _exchange(self, frame: bytes, attempts: int) -> bytes:
         stats = self.stats
