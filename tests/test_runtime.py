@@ -585,6 +585,21 @@ def test_idle_loop_wakes_only_at_its_timeouts(run_service, write_service, socket
     assert woke <= (time.monotonic() - started) / timeout_s + 2
 
 
+def test_idle_peer_watch_wakes_about_once_a_second(run_service, write_service) -> None:
+    """The thread reading socket monitors sleeps in its poll when nothing happens (it
+    once woke a thousand times a second when no periodic check was set: a spin)."""
+    service = run_service(
+        write_service("watched", ECHO), addresses={"in": {"echo": {"replyer": "127.0.0.1:0"}}}
+    )
+    peers = service.runtime._peers
+    assert peers is not None
+    assert wait_until(lambda: peers.wakeups >= 1, 10)
+    threading.Event().wait(1.5)  # let a tick or two pass, then count over an idle stretch
+    before, started = peers.wakeups, time.monotonic()
+    threading.Event().wait(2.0)
+    assert peers.wakeups - before <= (time.monotonic() - started) / 1.0 + 2
+
+
 def test_stop_finishes_the_message_in_flight(run_service, write_service, client) -> None:
     source = """
 import threading

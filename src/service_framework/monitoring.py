@@ -179,6 +179,8 @@ class PeerWatch:
         # Work for the service loop (inbound sockets), run by :meth:`run_repairs`.
         self._loop_work: list[Callable[[], None]] = []
         self.repairs_pending = False  # read by the loop between receive timeouts
+        # How often the watch's thread woke up: about once a second when nothing happens.
+        self.wakeups = 0
         self._wake_loop: Callable[[], None] = lambda: None
         self._tick: Callable[[], None] | None = None
         self._limiter = LogLimiter()
@@ -280,6 +282,7 @@ class PeerWatch:
         poller.register(self._wake_r, zmq.POLLIN)
         next_tick = time.monotonic() + 1.0
         while not self._closing:
+            self.wakeups += 1
             now = time.monotonic()
             with self._lock:
                 due_at = self._timers[0][0] if self._timers else next_tick
@@ -293,12 +296,15 @@ class PeerWatch:
                 self._read(sock, self._monitors[sock])
             self._check_lost()
             self._run_timers()
-            if self._tick is not None and time.monotonic() >= next_tick:
+            if time.monotonic() >= next_tick:
+                # Always moved on, tick or not: a next_tick left in the past would make
+                # every poll above return at once (a spin).
                 next_tick = time.monotonic() + 1.0
-                try:
-                    self._tick()
-                except Exception:  # pragma: no cover - the watch must go on
-                    LOG.exception("%s: periodic check failed", self.service)
+                if self._tick is not None:
+                    try:
+                        self._tick()
+                    except Exception:  # pragma: no cover - the watch must go on
+                        LOG.exception("%s: periodic check failed", self.service)
 
     def _run_timers(self) -> None:
         now = time.monotonic()
