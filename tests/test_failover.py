@@ -133,12 +133,12 @@ def test_every_connection_type_has_its_options_on_its_socket(write_service, run_
         )
         runtime = service.runtime
         sockets = {
-            name: connection.sockets()
+            name: connection.socket  # type: ignore[attr-defined]
             for group in (runtime.inbound, runtime.outbound)
             for name, connection in group.items()
         }
-        assert all(len(found) == 1 for found in sockets.values()), sockets
-        got = {name: read_options(found[0], list(DEFAULTS)) for name, found in sockets.items()}
+        assert all(sock is not None for sock in sockets.values()), sockets
+        got = {name: read_options(sock, list(DEFAULTS)) for name, sock in sockets.items()}
         # A replyer holds at most rcvhwm requests per peer (see the README's Guarantees).
         assert got["reply"] == {**DEFAULTS, zmq.RCVHWM: 8}
         # The creation argument overrides the type's default as well as the global one.
@@ -147,7 +147,7 @@ def test_every_connection_type_has_its_options_on_its_socket(write_service, run_
         assert got["listen"] == {**DEFAULTS, zmq.RECONNECT_IVL_MAX: 200}
         assert got["tell"] == DEFAULTS
         assert got["ask"] == DEFAULTS
-        ask = sockets["ask"][0]
+        ask = sockets["ask"]
         assert read_options(ask, [zmq.IMMEDIATE, zmq.SNDTIMEO, zmq.RCVTIMEO]) == {
             zmq.IMMEDIATE: 1,
             zmq.SNDTIMEO: 1500,

@@ -74,7 +74,9 @@ def test_seed_example_from_paths(paths) -> None:
     assert requester.results == [{"echoed": "hello 0"}, {"echoed": "hello 1"}]
 
 
-def test_by_module_with_configs_and_paths_accepted(paths, tmp_path) -> None:
+def test_by_module_with_configs_and_paths_accepted(paths, tmp_path, monkeypatch) -> None:
+    # Another test's service file may be imported as "replyer" already: import this one.
+    monkeypatch.delitem(sys.modules, "replyer", raising=False)
     sys.path.insert(0, str(tmp_path))
     try:
         replyer = importlib.import_module("replyer")

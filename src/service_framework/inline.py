@@ -36,7 +36,7 @@ from typing import Any
 
 from .check import check_link
 from .codec import MessageCodec
-from .connections.base import ConnectionEnv, RunState
+from .connections.base import ConnectionEnv
 from .connections.external_target import ExternalTarget, call_target
 from .errors import RemoteError, UnknownConnectionError, ValidationError
 from .loader import PreparedService, load_module, prepare_service
@@ -253,7 +253,6 @@ class InlineServices:
             service=name,
             config=prepared.config,
             context=None,
-            state=RunState(),
             to_send=service.to_send,
         )
         for conn_name, model in prepared.models.outbound.items():

@@ -260,7 +260,6 @@ class ServiceRuntime:
             service=prepared.name,
             config=prepared.config,
             context=self._context,
-            state=self.state,
             to_send=self.to_send,
             curve=self.options.curve,
             monitor=self._peers.add if self._peers is not None else None,

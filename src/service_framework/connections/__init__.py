@@ -14,7 +14,6 @@ __all__ = [
     "Connection",
     "InboundConnection",
     "OutboundConnection",
-    "connection_type",
     "register",
 ]
 
@@ -30,7 +29,3 @@ def register(kind: type[Connection]) -> type[Connection]:
 
 for _kind in (Replyer, Subscriber, Requester, Publisher, ExternalTarget):
     register(_kind)
-
-
-def connection_type(name: str) -> type[Connection] | None:
-    return CONNECTION_TYPES.get(name)

@@ -126,7 +126,6 @@ class ConnectionEnv:
     service: str
     config: Mapping[str, Any]
     context: zmq.Context[Any] | None
-    state: RunState
     to_send: ToSend
     curve: Curve | None = None
     # Called with each new socket before it binds or connects, so no connection event
@@ -214,10 +213,6 @@ class Connection:
 
     def close(self) -> None:
         """Close sockets (bounded linger). Safe to call twice."""
-
-    def sockets(self) -> Sequence[zmq.Socket[Any]]:
-        """Every socket this connection owns (for monitoring)."""
-        return ()
 
     def _socket(
         self,

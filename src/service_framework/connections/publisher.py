@@ -28,7 +28,7 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import zmq
@@ -193,9 +193,6 @@ class Publisher(OutboundConnection):
 
     def _closed(self, frame: bytes) -> None:
         raise RuntimeError(f"{self.env.service}: connection '{self.name}' is closed")
-
-    def sockets(self) -> Sequence[zmq.Socket[Any]]:
-        return () if self.socket is None else (self.socket,)
 
     def send(self, args: Any, workflow_id: str) -> None:
         self._publish(args, workflow_id)

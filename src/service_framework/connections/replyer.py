@@ -71,9 +71,6 @@ class Replyer(InboundConnection):
             self.socket.close(linger=self.socket_options.linger_ms)
             self.socket = None
 
-    def sockets(self) -> Sequence[zmq.Socket[Any]]:
-        return () if self.socket is None else (self.socket,)
-
     def readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None

@@ -14,7 +14,7 @@ retried idempotent, or keep ``retries`` at 0 (the default).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import zmq
@@ -55,8 +55,6 @@ class Requester(OutboundConnection):
         )
         self._check_args = model.args.check
         self._args_error = model.args.error
-        self._check_return = model.returns.check
-        self._return_error = model.returns.error
         self._addresses: Mapping[str, Any] = {}
         self.socket: zmq.Socket[Any] | None = None
         self._watch: RequesterWatch | None = None  # the socket's handshake refusals
@@ -139,9 +137,6 @@ class Requester(OutboundConnection):
                 self._unwatch(self.socket)
                 self.socket.close(linger=0)  # a pending request has no one to answer it
                 self.socket = None
-
-    def sockets(self) -> Sequence[zmq.Socket[Any]]:
-        return () if self.socket is None else (self.socket,)
 
     def send(self, args: Any, workflow_id: str) -> Any:
         if not self._check_args(args):

@@ -165,9 +165,6 @@ class Subscriber(InboundConnection):
             self.socket.close(linger=0)  # nothing to flush on a SUB socket
             self.socket = None
 
-    def sockets(self) -> Sequence[zmq.Socket[Any]]:
-        return () if self.socket is None else (self.socket,)
-
     def readers(self) -> Sequence[Reader]:
         # Built once: the reader keeps which number it expects next (finish() reads on).
         if self._readers is None:
