@@ -14,8 +14,6 @@ from typing import Any
 import zmq
 
 from ..codec import PublishCodec
-from ..errors import DecodeError, ValidationError
-from ..workflow import IDLE
 from .base import ConnectionEnv, InboundConnection, Reader
 
 __all__ = ["Subscriber"]
@@ -58,35 +56,10 @@ class Subscriber(InboundConnection):
     def readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        stats, decode, codec = self.stats, self.codec.decode, self.codec
-        env, handler = self.env, self.handler
-        flow, to_send, config = env.flow, env.to_send, env.config
-        debug, log, service, name = env.debug, env.log, env.service, self.name
-
-        def handle(frame: bytes) -> None:
-            # Frames are taken one by one (asking each for RCVMORE would cost more than
-            # the rest of the bare receive): the extra frames of a multi-frame message
-            # are rejected in turn, as frames that do not decode.
-            stats.received += 1
-            try:
-                message = decode(frame)
-            except (DecodeError, ValidationError) as error:
-                self.log_rejected(error, codec.workflow_id_of(frame))
-                return
-            if debug:
-                log.debug("%s: handling '%s' [%s]", service, name, message.workflow_id)
-            # What invoke() does, inline: this runs for every published message.
-            flow._id = message.workflow_id
-            flow.calls = 0
-            try:
-                handler(message.args, to_send, config)
-            except Exception as error:
-                self.log_failed(error, message.workflow_id)
-            else:
-                stats.handled += 1
-            finally:
-                flow._id = IDLE
-
+        # Frames are taken one by one (asking each for RCVMORE would cost more than the
+        # rest of the bare receive): the extra frames of a multi-frame message are
+        # rejected in turn, as frames that do not decode.
+        handle = self.one_way_handler(self.codec.decode, self.codec.workflow_id_of)
         return (Reader(sock, handle, batch=256),)
 
     def finish(self, deadline: float) -> None:
