@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import queue
 import shutil
+import signal
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,8 @@ import pytest
 import zmq
 
 from conftest import wait_until
-from service_framework import InlineServices, RequestTimeout, ValidationError, cli
+from service_framework import InlineServices, RequestTimeout, ValidationError
+from service_framework import cli as commands
 from service_framework import topology as topo
 from service_framework.asyncapi import topology_document
 from service_framework.check import check_topology
@@ -239,6 +242,83 @@ def test_the_workflow_id_continues_across_a_pusher_in_a_handler(
     assert first_id and last.module.ids.get(timeout=5) == f"{first_id}_1"
 
 
+def test_to_send_is_thread_safe_and_a_busy_wait_is_bounded(
+    write_service, run_service, client
+) -> None:
+    puller = start_puller(write_service, run_service)
+    pusher = client(pusher_models(), {"out": {"jobs": {"pusher": puller.address("jobs")}}})
+    errors: list[BaseException] = []
+
+    def push(base: int) -> None:
+        try:
+            for n in range(base, base + 50):
+                pusher.to_send("jobs", {"n": n})
+        except BaseException as error:  # reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=push, args=(base,)) for base in range(0, 200, 50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert sorted(take(puller.module.received, 200)) == list(range(200))
+
+    # With nowhere to send, a caller waiting behind another one's send is bounded too.
+    stuck = client(
+        pusher_models(timeout_s=0.3), {"out": {"jobs": {"pusher": "127.0.0.1:9"}}}, name="stuck"
+    )
+    outcomes: queue.Queue[BaseException | None] = queue.Queue()
+
+    def wait_out() -> None:
+        try:
+            stuck.to_send("jobs", {"n": 1})
+        except BaseException as error:
+            outcomes.put(error)
+        else:
+            outcomes.put(None)
+
+    waiting = [threading.Thread(target=wait_out) for _ in range(3)]
+    for thread in waiting:
+        thread.start()
+    for thread in waiting:
+        thread.join(20)
+    results = [outcomes.get(timeout=1) for _ in waiting]
+    assert all(isinstance(result, RequestTimeout) for result in results), results
+    assert stuck.stats()["jobs"].timeouts == 3
+
+
+def test_a_cli_puller_takes_work_and_stops_cleanly(write_service, cli, client, tmp_path) -> None:
+    write_service(
+        "worker",
+        """
+        import logging
+        log = logging.getLogger('worker')
+
+        def on_job(args, to_send, config):
+            log.info('job %d done', args['n'])
+
+        connection_models = {'in': {'jobs': {
+            'connection_type': 'puller',
+            'required_creation_arguments': {'connection_function': on_job},
+            'required_arguments': {'n': int},
+        }}}
+        """,
+    )
+    (tmp_path / "addresses.json").write_text(
+        json.dumps({"in": {"jobs": {"puller": "127.0.0.1:0"}}})
+    )
+    process = cli("-s", "worker.py", "-a", "addresses.json")
+    address = process.ready()["jobs"]
+    pusher = client(pusher_models(), {"out": {"jobs": {"pusher": address}}})
+    for n in range(5):
+        pusher.to_send("jobs", {"n": n})
+    process.wait_for_count(r"job \d done", 5)
+    process.signal(signal.SIGTERM)
+    assert process.finish() == 0
+    assert [line for line in process.lines if "job " in line][-1].endswith("job 4 done")
+
+
 # ---------------------------------------------------------------------------- CURVE
 @pytest.fixture
 def curve_keys(tmp_path: Path) -> dict[str, Any]:
@@ -360,6 +440,7 @@ def test_check_asyncapi_and_graph_handle_a_push_pull_link(
 ) -> None:
     path = write_system(tmp_path)
     assert list(check_topology(topo.load_topology(path)).findings) == []
+    assert commands.main(["check", str(path)]) == 0
 
     document = topology_document(path)
     assert_valid_asyncapi(document)
@@ -368,7 +449,7 @@ def test_check_asyncapi_and_graph_handle_a_push_pull_link(
     actions = sorted(op["action"] for op in document["operations"].values())
     assert actions == ["receive", "send"]
 
-    assert cli.main(["graph", str(path)]) == 0
+    assert commands.main(["graph", str(path)]) == 0
     assert 'boss -->|"jobs → work: pusher → puller<br/>{n}"| worker' in capsys.readouterr().out
 
     (tmp_path / "dirty").mkdir()
