@@ -7,7 +7,8 @@ against its outbound model and by the receiver against its inbound model - and s
 here, as is the reply: a contract bug found inline is the one a deployment would hit.
 Errors travel the same way too: a handler that raises, or a message the receiver
 rejects, reaches a requester as :class:`~service_framework.errors.RemoteError`; a
-subscriber's failure is logged and the publisher carries on.
+subscriber's (or puller's) failure is logged and the publisher (or pusher) carries on. A
+pusher hands each message to one of its related pullers, in turn, as the wire would.
 
 Differences from running over sockets, by design: everything runs in the calling
 thread, no signal handlers are installed, and handlers receive the sender's objects
