@@ -107,7 +107,7 @@ def test_help_lists_every_flag(tmp_path) -> None:
             {"bad.py": "connection_models = {'in': {'x': {'connection_type': 'replier'}}}"},
             ["-s", "bad.py"],
             "bad: connection 'x': unknown connection_type 'replier' (known: external_target, "
-            "publisher, replyer, requester, subscriber)",
+            "publisher, puller, pusher, replyer, requester, subscriber)",
         ),
         (
             {},
@@ -430,7 +430,10 @@ connection_models = {'out': {'ask': {
     poller.register(router, zmq.POLLIN)
 
     def next_request() -> tuple[bytes, dict[str, Any]]:
-        assert poller.poll(10_000), "no request arrived; the service's log:\n" + process.log()
+        if not poller.poll(10_000):
+            process.kill()
+            process.finish(timeout=10)
+            raise AssertionError("no request arrived; the service's log:\n" + process.log())
         peer, empty, body = router.recv_multipart()
         assert empty == b""
         return peer, msgspec.msgpack.decode(body)

@@ -105,7 +105,8 @@ _PATTERNS = {
     "pusher": "push-pull",
     "puller": "push-pull",
 }
-_PUBLISHED = {"publisher", "subscriber"}  # framed as [topic, v, workflow_id, args, meta]
+# framed as [topic, v, workflow_id, args, meta] (a pushed message: topic "")
+_PUBLISHED = {"publisher", "subscriber", "pusher", "puller"}
 _REQUESTS = {"requester", "replyer"}  # framed as {v, workflow_id, args, meta?}
 _NAME_CHARS = re.compile(r"[^\w.\-]")
 _GENERATED = re.compile(r"^Fields\d+$")  # msgspec names of the structs validation.py makes

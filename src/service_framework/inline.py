@@ -7,7 +7,8 @@ against its outbound model and by the receiver against its inbound model - and s
 here, as is the reply: a contract bug found inline is the one a deployment would hit.
 Errors travel the same way too: a handler that raises, or a message the receiver
 rejects, reaches a requester as :class:`~service_framework.errors.RemoteError`; a
-subscriber's failure is logged and the publisher carries on.
+subscriber's (or puller's) failure is logged and the publisher (or pusher) carries on. A
+pusher hands each message to one of its related pullers, in turn, as the wire would.
 
 Differences from running over sockets, by design: everything runs in the calling
 thread, no signal handlers are installed, and handlers receive the sender's objects
@@ -26,6 +27,7 @@ test can ``assert not inline.check()``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -64,7 +66,7 @@ __all__ = ["InlineServices"]
 
 LOG = logging.getLogger("service_framework.inline")
 
-_COMPATIBLE = {"requester": "replyer", "publisher": "subscriber"}
+_COMPATIBLE = {"requester": "replyer", "publisher": "subscriber", "pusher": "puller"}
 
 
 @dataclass
@@ -285,7 +287,7 @@ class InlineServices:
         if expected is None:
             raise ValueError(
                 f"{out_service_name}.{out_connection} is a {out_model.connection_type}; "
-                "only requesters and publishers take relations"
+                f"only {', '.join(_COMPATIBLE)} connections take relations"
             )
         if in_model.connection_type != expected:
             raise ValueError(
@@ -317,11 +319,12 @@ class InlineServices:
             LOG.warning("relation %s", finding.message.removeprefix("link "))
             self._findings.append(finding)
         targets = [self._target(out_model, *p) for p in related]
-        out_service.routes[out_connection] = (
-            _publish_route(out_model, targets)
-            if out_model.returns is None
-            else _request_route(out_model, targets)
-        )
+        if expected == "puller":
+            out_service.routes[out_connection] = _push_route(out_model, targets)
+        elif out_model.returns is None:
+            out_service.routes[out_connection] = _publish_route(out_model, targets)
+        else:
+            out_service.routes[out_connection] = _request_route(out_model, targets)
 
     def _target(self, out_model: ConnectionModel, service_name: str, connection: str) -> _Target:
         service = self._services[service_name]
@@ -558,5 +561,18 @@ def _publish_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
                 _log_failure(target, error, flow)
             finally:
                 current_flow.reset(token)
+
+    return route
+
+
+def _push_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
+    """Deliver each pushed message to one related puller, taking them in turn (the wire
+    round-robins over connected pullers); a puller's failure stays with it, as a
+    subscriber's does."""
+    routes = itertools.cycle([_publish_route(out_model, [target]) for target in targets])
+    take = routes.__next__
+
+    def route(args: Any) -> None:
+        take()(args)
 
     return route

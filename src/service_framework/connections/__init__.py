@@ -5,6 +5,8 @@ from __future__ import annotations
 from .base import Connection, InboundConnection, OutboundConnection
 from .external_target import ExternalTarget
 from .publisher import Publisher
+from .puller import Puller
+from .pusher import Pusher
 from .replyer import Replyer
 from .requester import Requester
 from .subscriber import Subscriber
@@ -27,5 +29,5 @@ def register(kind: type[Connection]) -> type[Connection]:
     return kind
 
 
-for _kind in (Replyer, Subscriber, Requester, Publisher, ExternalTarget):
+for _kind in (Replyer, Subscriber, Requester, Publisher, ExternalTarget, Pusher, Puller):
     register(_kind)

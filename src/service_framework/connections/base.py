@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import zmq
 
-from ..errors import ValidationError
+from ..errors import DecodeError, ValidationError
 from ..logs import ERROR_TEXT_MAX, clip
 from ..names import host_name_of
 from ..transport import SocketOptions, bind_or_connect, parse_endpoints
@@ -360,6 +360,48 @@ class InboundConnection(Connection):
             )
         finally:
             current_flow.reset(token)
+
+    def one_way_handler(
+        self,
+        decode: Callable[[bytes], Any],
+        workflow_id_of: Callable[[bytes], str],
+    ) -> Callable[[bytes], None]:
+        """The per-frame handler of a connection that never replies (a subscriber, a
+        puller): decode and validate, run the handler under the message's workflow id,
+        count; a frame that does not decode or validate is logged and counted as
+        rejected, a handler that raises as failed. Never raises for either.
+
+        ``decode(frame)`` returns an envelope with ``args`` and ``workflow_id`` or raises
+        ``DecodeError``/``ValidationError``. A closure over what it needs rather than a
+        method: this runs per message.
+        """
+        stats, env, handler = self.stats, self.env, self.handler
+        flow, to_send, config = env.flow, env.to_send, env.config
+        debug, log, service, name = env.debug, env.log, env.service, self.name
+        rejected, failed = self.log_rejected, self.log_failed
+
+        def handle(frame: bytes) -> None:
+            stats.received += 1
+            try:
+                message = decode(frame)
+            except (DecodeError, ValidationError) as error:
+                rejected(error, workflow_id_of(frame))
+                return
+            if debug:
+                log.debug("%s: handling '%s' [%s]", service, name, message.workflow_id)
+            # What invoke() does, inline: this runs for every message.
+            flow._id = message.workflow_id
+            flow.calls = 0
+            try:
+                handler(message.args, to_send, config)
+            except Exception as error:
+                failed(error, message.workflow_id)
+            else:
+                stats.handled += 1
+            finally:
+                flow._id = IDLE
+
+        return handle
 
     @staticmethod
     def drain_multipart(sock: zmq.Socket[Any]) -> int:

@@ -1,0 +1,71 @@
+"""``puller``: takes work from pushers. A PULL socket that binds.
+
+The receiving end of a work queue: every pusher connected to it hands each message to
+one of the pullers it is connected to, round-robin (see ``pusher.py``). The handler runs
+once per message, like a subscriber's; what it returns is ignored (nothing is replied).
+A message that does not decode or validate, or that has more than one frame, is dropped
+with a log line and counted as rejected; it never reaches the handler and never stops
+the messages behind it.
+
+Frames are the publish frame with an empty topic (``codec.PublishCodec``): a pushed
+message is one-way, like a published one, and that frame is the cheaper to decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import zmq
+
+from ..codec import PublishCodec
+from ..errors import DecodeError
+from .base import ConnectionEnv, InboundConnection, Reader
+
+__all__ = ["Puller"]
+
+
+class Puller(InboundConnection):
+    type_name = "puller"
+    address_keys = ("puller",)
+    binds = True
+    required_creation_arguments = {"connection_function": Callable}
+    optional_creation_arguments = {"socket_options": dict}
+
+    def __init__(self, model: Any, env: ConnectionEnv) -> None:
+        super().__init__(model, env)
+        self.codec = PublishCodec(model.args, "", max_bytes=self.socket_options.max_message_bytes)
+        self.socket: zmq.Socket[Any] | None = None
+
+    def open(self, addresses: Mapping[str, Any]) -> None:
+        self.socket = self._socket(zmq.PULL, addresses, "puller")
+
+    def close(self) -> None:
+        if self.socket is not None:
+            # Nothing to flush on a PULL socket; what is still queued here is lost (the
+            # loop's finish() has handled what had arrived by then).
+            self.socket.close(linger=0)
+            self.socket = None
+
+    def readers(self) -> Sequence[Reader]:
+        sock = self.socket
+        assert sock is not None
+        deliver = self.one_way_handler(self.codec.decode, self.codec.workflow_id_of)
+        # Unlike a subscriber's, a multi-frame message never runs the handler: a pusher
+        # hands each message to one puller only, so what it meant must not be half-done.
+        # pyzmq's compiled getsockopt, bound once: about a microsecond per message.
+        more, rcvmore = sock.get, zmq.RCVMORE
+
+        def handle(frame: bytes) -> None:
+            if more(rcvmore):
+                self._refuse_multipart(sock, frame)
+                return
+            deliver(frame)
+
+        return (Reader(sock, handle, batch=256),)
+
+    def _refuse_multipart(self, sock: zmq.Socket[Any], frame: bytes) -> None:
+        self.stats.received += 1
+        extra = self.drain_multipart(sock)
+        error = DecodeError(f"a message must be a single frame (got {extra + 1})")
+        self.log_rejected(error, self.codec.workflow_id_of(frame))

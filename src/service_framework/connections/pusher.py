@@ -1,0 +1,128 @@
+"""``pusher``: hands work to pullers. A PUSH socket that connects.
+
+Each message goes to exactly one of the pullers the socket is connected to (a list of
+addresses, or a host name that resolves to several), round-robin; ``to_send`` returns
+``None`` once libzmq has queued it for one of them. ``IMMEDIATE`` is set, so work is only
+queued for pullers whose connection is up - never for one that is down.
+
+A PUSH socket waits while no puller is connected, or all of them are ``sndhwm`` messages
+behind: ``to_send`` waits at most ``timeout_s`` (default 10) for one to take the message,
+then raises :class:`~service_framework.errors.RequestTimeout`, and nothing was sent. A
+message whose frame is over ``max_message_bytes`` is refused before anything is sent
+(``ValidationError``): the puller would drop the connection on receiving it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import zmq
+
+from ..codec import PublishCodec
+from ..errors import RequestTimeout
+from ..transport import sender_of
+from .base import ConnectionEnv, OutboundConnection
+
+__all__ = ["Pusher"]
+
+
+class Pusher(OutboundConnection):
+    type_name = "pusher"
+    address_keys = ("pusher",)
+    optional_creation_arguments = {"timeout_s": int | float, "socket_options": dict}
+
+    DEFAULT_TIMEOUT_S = 10.0
+
+    def __init__(self, model: Any, env: ConnectionEnv) -> None:
+        super().__init__(model, env)
+        self.timeout_s = float(model.creation_arguments.get("timeout_s", self.DEFAULT_TIMEOUT_S))
+        self.codec = PublishCodec(model.args, "", max_bytes=self.socket_options.max_message_bytes)
+        self.socket: zmq.Socket[Any] | None = None
+        self._send: Callable[[Any], Any] = self._closed
+        self._push = self._pusher()
+
+    @classmethod
+    def prepare(
+        cls, creation_arguments: dict[str, Any], namespace: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        timeout = creation_arguments.get("timeout_s", cls.DEFAULT_TIMEOUT_S)
+        if not timeout > 0:
+            raise ValueError(f"creation argument 'timeout_s' must be > 0, got {timeout!r}")
+        return super().prepare(creation_arguments, namespace)
+
+    def open(self, addresses: Mapping[str, Any]) -> None:
+        # Both options before connecting (see Connection._socket): IMMEDIATE decides
+        # whether a pipe exists before the handshake, so it must be there when connect
+        # makes the pipe.
+        self.socket = self._socket(
+            zmq.PUSH,
+            addresses,
+            "pusher",
+            options={zmq.IMMEDIATE: 1, zmq.SNDTIMEO: max(1, int(self.timeout_s * 1000))},
+        )
+        self._send = sender_of(self.socket)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.socket is not None:
+                # The linger lets work already queued for a puller reach it.
+                self.socket.close(linger=self.socket_options.linger_ms)
+                self.socket = None
+                self._send = self._closed
+
+    def _closed(self, frame: Any) -> None:
+        raise RuntimeError(f"{self.env.service}: connection '{self.name}' is closed")
+
+    def send(self, args: Any, workflow_id: str) -> None:
+        self._push(args, workflow_id)
+
+    def sender(self) -> Callable[[Any, str], None]:
+        return self._push
+
+    def timed_out(self, workflow_id: str, busy: bool) -> RequestTimeout:
+        """The error for a message no puller took within ``timeout_s``."""
+        self.stats.timeouts += 1
+        if busy:
+            why = "stayed busy (another thread is waiting on it)"
+        else:
+            where = ", ".join(self.endpoints) or "no address"
+            why = f"found no puller ready to take the message ({where})"
+        return RequestTimeout(
+            f"{self.env.service}: connection '{self.name}' {why} for {self.timeout_s:g}s; "
+            "nothing was sent",
+            workflow_id=workflow_id,
+        )
+
+    def _pusher(self) -> Callable[[Any, str], None]:
+        # A closure over what it needs rather than a method: this runs per message.
+        check, args_error, encode = self.model.args.check, self.model.args.error, self.codec.encode
+        lock, timeout_s = self.lock, self.timeout_s
+        stats, unencodable, too_large = self.stats, self.unencodable, self.too_large
+        max_bytes = self.socket_options.max_message_bytes
+        debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
+        timed_out = self.timed_out
+
+        def push(args: Any, workflow_id: str) -> None:
+            if not check(args):
+                raise args_error(args)
+            try:
+                frame = encode(args, workflow_id)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise unencodable(exc) from None
+            if len(frame) > max_bytes:
+                raise too_large(len(frame), "message")
+            if debug:
+                log.debug("%s: pushing on '%s' [%s]", service, name, workflow_id)
+            # Waiting for another thread's send counts against the timeout too.
+            if not lock.acquire(False) and not lock.acquire(timeout=timeout_s):
+                raise timed_out(workflow_id, busy=True)
+            try:
+                self._send(frame)  # SNDTIMEO: zmq.Again when no puller took it in time
+            except zmq.Again:
+                raise timed_out(workflow_id, busy=False) from None
+            finally:
+                lock.release()
+            stats.handled += 1
+
+        return push
