@@ -16,7 +16,7 @@ import zmq
 from ..codec import PublishCodec
 from ..errors import DecodeError, ValidationError
 from ..workflow import IDLE
-from .base import ConnectionEnv, InboundConnection, Reader
+from .base import ConnectionEnv, InboundConnection, Reader, socket_reader
 
 __all__ = ["Subscriber"]
 
@@ -87,7 +87,7 @@ class Subscriber(InboundConnection):
             finally:
                 flow._id = IDLE
 
-        return (Reader(sock, handle, batch=256),)
+        return (socket_reader(sock, handle, batch=256),)
 
     def finish(self, deadline: float) -> None:
         # Messages already queued here were delivered; handle them rather than drop them.
