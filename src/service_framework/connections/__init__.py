@@ -8,6 +8,7 @@ from .publisher import Publisher
 from .replyer import Replyer
 from .requester import Requester
 from .subscriber import Subscriber
+from .timer import Timer
 
 __all__ = [
     "CONNECTION_TYPES",
@@ -30,6 +31,7 @@ def register(kind: type[Connection]) -> type[Connection]:
 
 for _kind in (Replyer, Subscriber, Requester, Publisher, ExternalTarget):
     register(_kind)
+register(Timer)
 
 
 def connection_type(name: str) -> type[Connection] | None:
