@@ -108,7 +108,7 @@ def test_help_lists_every_flag(tmp_path) -> None:
             {"bad.py": "connection_models = {'in': {'x': {'connection_type': 'replier'}}}"},
             ["-s", "bad.py"],
             "bad: connection 'x': unknown connection_type 'replier' (known: external_target, "
-            "publisher, replyer, requester, subscriber)",
+            "publisher, replyer, requester, subscriber, timer)",
         ),
         (
             {},
