@@ -107,7 +107,7 @@ def test_help_lists_every_flag(tmp_path) -> None:
             {"bad.py": "connection_models = {'in': {'x': {'connection_type': 'replier'}}}"},
             ["-s", "bad.py"],
             "bad: connection 'x': unknown connection_type 'replier' (known: external_target, "
-            "publisher, puller, pusher, replyer, requester, subscriber)",
+            "publisher, puller, pusher, replyer, requester, subscriber, timer)",
         ),
         (
             {},

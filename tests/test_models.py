@@ -51,7 +51,7 @@ def parse(models: Any, **kwargs: Any) -> Any:
         (
             {"in": {"quote": {"connection_type": "replier"}}},
             "pricing: connection 'quote': unknown connection_type 'replier' (known: "
-            "external_target, publisher, puller, pusher, replyer, requester, subscriber)",
+            "external_target, publisher, puller, pusher, replyer, requester, subscriber, timer)",
         ),
         (
             {"out": {"quote": replyer()}},

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import threading
@@ -38,6 +39,7 @@ from .connections.base import (
     OutboundConnection,
     Reader,
     RunState,
+    ServeAlone,
 )
 from .errors import AddressError, HookError, StartupError, UnknownConnectionError
 from .loader import PreparedService, call_hook, load_module, prepare_service
@@ -53,7 +55,6 @@ LOG = logging.getLogger("service_framework.runtime")
 
 _POLL_MS = 1000  # the polling loop re-checks its flags at least this often (the wake pipe
 # wakes it at once)
-_BLOCKING_RECV_MS = 100  # a single-socket loop notices a stop request within this
 _REFUSE_MARGIN_S = 2.0  # beyond stop_timeout_s, for refusing queued requests at shutdown
 
 
@@ -375,8 +376,9 @@ class ServiceRuntime:
             # An inbound socket connected to a host name needs the polling loop: the
             # resolver wakes it to apply address changes in this thread.
             names_in_loop = self._names is not None and self._names.in_loop
-            if len(readers) == 1 and not self.options.min_wait_s and not names_in_loop:
-                self._serve_one(readers[0])
+            serve_alone = readers[0].serve_alone if len(readers) == 1 else None
+            if serve_alone is not None and not self.options.min_wait_s and not names_in_loop:
+                self._serve_one(readers[0], serve_alone)
             else:
                 self._serve_many(readers)
             # Stopped taking new work; handle (and answer) what has already arrived, for
@@ -394,34 +396,31 @@ class ServiceRuntime:
         finally:
             current_flow.reset(token)
 
-    def _serve_one(self, reader: Reader) -> None:
-        """The common case, one inbound socket: block in recv, as a bare loop would (a poll
-        per message would double the system calls). The receive timeout bounds how long a
-        stop request waits."""
-        sock, handle, state = reader.socket, reader.handle, self.state
-        sock.setsockopt(zmq.RCVTIMEO, _BLOCKING_RECV_MS)
-        recv = sock.recv
+    def _serve_one(self, reader: Reader, serve_alone: ServeAlone) -> None:
+        """The common case, one inbound socket: the reader's own blocking loop, as a bare
+        loop would (a poll per message would double the system calls)."""
         peers = self._peers
-        while not state.stopping:
-            try:
-                frame = recv()
-            except zmq.Again:
-                self._turns += 1  # idle, off the message path
-                # Between receive timeouts, not per message: socket repairs the peer
-                # watch asked for (see monitoring).
-                if peers is not None and peers.repairs_pending:
-                    peers.run_repairs()
-                continue
-            handle(frame)
+
+        def idle() -> None:
+            self._turns += 1  # idle, off the message path
+            # Between receive timeouts, not per message: socket repairs the peer watch
+            # asked for (see monitoring).
+            if peers is not None and peers.repairs_pending:
+                peers.run_repairs()
+
+        serve_alone(self.state, idle)
 
     def _serve_many(self, readers: list[Reader]) -> None:
-        """Several inbound sockets (or a pause between turns): poll them all, then take
-        up to each socket's batch of frames; a stop request wakes the poll at once."""
+        """Several readers (or a pause between turns, or a reader without a blocking loop):
+        poll what they offer, drain up to each ready reader's batch, and drain the readers
+        whose due time has passed; a stop request wakes the poll at once."""
         poller = zmq.Poller()
-        by_socket: dict[Any, Reader] = {}
+        by_pollable: dict[Any, Reader] = {}
         for reader in readers:
-            poller.register(reader.socket, zmq.POLLIN)
-            by_socket[reader.socket] = reader
+            if reader.pollable is not None:
+                poller.register(reader.pollable, zmq.POLLIN)
+                by_pollable[reader.pollable] = reader
+        timed = [reader for reader in readers if reader.due is not None]
         wake = self._wake_r
         poller.register(wake, zmq.POLLIN)
         # The pause between turns (-wt) waits on the wake pipe alone: built once here.
@@ -430,33 +429,50 @@ class ServiceRuntime:
         state = self.state
         min_wait = self.options.min_wait_s
         started = 0.0
+        timeout = _POLL_MS
         while not state.stopping:
             if min_wait:
                 started = time.monotonic()
-            ready: list[tuple[Any, int]] = poller.poll(_POLL_MS)
+            if timed:
+                timeout = self._drain_due(timed)
+                if state.stopped():
+                    break
+            ready: list[tuple[Any, int]] = poller.poll(timeout)
             if not ready:
                 self._turns += 1  # an idle wake-up
-            for sock, _ in ready:
-                if sock == wake:
+            for pollable, _ in ready:
+                if pollable == wake:
                     self._drain_wake()
                     continue
-                reader = by_socket[sock]
-                handle = reader.handle
-                for _ in range(reader.batch):
-                    try:
-                        frame = sock.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    handle(frame)
-                    if state.stopped():  # a handler (or a signal) asked to stop
-                        break
-                if state.stopped():
+                reader = by_pollable[pollable]
+                reader.drain(reader.batch)
+                if state.stopped():  # a handler (or a signal) asked to stop
                     break
             if min_wait and not state.stopping:
                 remaining = min_wait - (time.monotonic() - started)
                 # Sleep, but wake at once when asked to stop.
                 if remaining > 0 and pause.poll(int(remaining * 1000)):
                     self._drain_wake()
+
+    def _drain_due(self, timed: list[Reader]) -> int:
+        """Drain the readers whose due time has passed; the poll timeout (ms) until the
+        next one is due, at most ``_POLL_MS``. Runs once per turn, only for services with
+        such readers (timers)."""
+        wait_s = _POLL_MS / 1000
+        now = time.monotonic()
+        for reader in timed:
+            assert reader.due is not None
+            left = reader.due() - now
+            if left <= 0:
+                reader.drain(reader.batch)
+                if self.state.stopping:
+                    return 0
+                now = time.monotonic()
+                left = reader.due() - now
+            wait_s = min(wait_s, left)
+        # Rounded up: a poll that returned a fraction of a millisecond early would
+        # otherwise spin until the due time.
+        return max(0, math.ceil(wait_s * 1000))
 
     def _drain_wake(self) -> None:
         """After a wake-up: take the wake bytes, then do in this thread what other threads

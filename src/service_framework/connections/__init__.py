@@ -10,6 +10,7 @@ from .pusher import Pusher
 from .replyer import Replyer
 from .requester import Requester
 from .subscriber import Subscriber
+from .timer import Timer
 
 __all__ = [
     "CONNECTION_TYPES",
@@ -29,5 +30,5 @@ def register(kind: type[Connection]) -> type[Connection]:
     return kind
 
 
-for _kind in (Replyer, Subscriber, Requester, Publisher, ExternalTarget, Pusher, Puller):
+for _kind in (Replyer, Subscriber, Requester, Publisher, ExternalTarget, Pusher, Puller, Timer):
     register(_kind)

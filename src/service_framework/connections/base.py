@@ -11,11 +11,15 @@ A connection type is a class that states, as class attributes, what it needs:
 * ``has_reply`` - whether return models apply.
 
 and implements :meth:`Connection.open` / :meth:`Connection.close`, then either
-:meth:`InboundConnection.readers` (its sockets, each with a function that handles one
-frame taken off it) or :meth:`OutboundConnection.send`. The loop does the receiving -
-polling several sockets, or blocking on the only one - and never asks which type a
-connection is, so a new type (PUSH/PULL, an HTTP target, a broker) is a new module
-registered in ``connections/__init__.py``.
+:meth:`InboundConnection.readers` or :meth:`OutboundConnection.send`.
+
+The loop contract: a :class:`Reader` offers something to poll (a zmq socket or a file
+descriptor) and/or a time it is due, and drains a bounded batch itself when it is ready
+(its own receiving and framing: one frame, several, or none at all, as for a timer). A
+reader may also offer a blocking loop of its own, which the runtime uses when it is the
+only reader and nothing else needs the loop (one ``recv`` per message, no poll). The loop
+never asks which type a connection is, so a new type (PUSH/PULL, a timer, an HTTP
+target, a broker) is a new module registered in ``connections/__init__.py``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ __all__ = [
     "RateLimit",
     "Reader",
     "RunState",
+    "ServeAlone",
+    "socket_reader",
 ]
 
 ToSend = Callable[[str, Any], Any]
@@ -276,13 +282,72 @@ class Connection:
         return f"<{type(self).__name__} {self.env.service}.{self.name} ({where})>"
 
 
+#: The blocking receive a reader may opt into: ``serve(state, idle)`` receives and
+#: handles messages until ``state.stopping``, calling ``idle()`` whenever it has waited
+#: about :data:`BLOCKING_RECV_MS` for nothing (the runtime counts idle wake-ups there and
+#: does the work other threads queued for the loop's sockets).
+ServeAlone = Callable[[RunState, Callable[[], None]], None]
+
+BLOCKING_RECV_MS = 100  # a reader's blocking loop notices a stop request within this
+
+
 @dataclass(frozen=True)
 class Reader:
-    """One inbound socket and what to do with each frame the loop takes off it."""
+    """What the loop polls for one inbound source, and how the source drains itself.
 
-    socket: zmq.Socket[Any]
-    handle: Callable[[bytes], None]  # never raises for bad input or a failing handler
-    batch: int = 64  # frames taken per poll turn before the loop looks at other sockets
+    ``drain(max_items)`` takes and handles up to ``max_items`` items (frames, multipart
+    messages, ticks) without blocking, returns how many it took (0: nothing was there),
+    and never raises for bad input or a failing handler. The loop calls it when
+    ``pollable`` is readable, and whenever ``due()`` (a ``time.monotonic()`` time) has
+    passed; a reader needs at least one of the two.
+    """
+
+    drain: Callable[[int], int]
+    pollable: zmq.Socket[Any] | int | None = None  # a zmq socket or a file descriptor
+    batch: int = 64  # items per turn before the loop looks at the other readers
+    # Optional: the loop blocks on this reader alone (see ServeAlone); None: it polls.
+    serve_alone: ServeAlone | None = None
+    # Optional: when this reader wants ``drain`` called whether or not anything is
+    # readable (a timer); read once per loop turn.
+    due: Callable[[], float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pollable is None and self.due is None:
+            raise ValueError("a Reader needs something to poll or a due time")
+
+
+def socket_reader(sock: zmq.Socket[Any], handle: Callable[[bytes], None], *, batch: int) -> Reader:
+    """The reader of one zmq socket whose messages are single frames: ``handle(frame)``
+    (which never raises) for each. Its blocking loop is a bare ``recv`` loop, so a
+    service with this one reader pays no poll and no extra call per message."""
+    recv = sock.recv
+    noblock = zmq.NOBLOCK
+
+    def drain(max_items: int) -> int:
+        taken = 0
+        while taken < max_items:
+            try:
+                frame = recv(noblock)
+            except zmq.Again:
+                break
+            taken += 1
+            handle(frame)
+        # A stop asked for during the batch is seen by the loop right after it; what is
+        # still queued then is finish()'s to handle.
+        return taken
+
+    def serve_alone(run: RunState, idle: Callable[[], None]) -> None:
+        # The receive timeout bounds how long a stop request waits.
+        sock.setsockopt(zmq.RCVTIMEO, BLOCKING_RECV_MS)
+        while not run.stopping:
+            try:
+                frame = recv()
+            except zmq.Again:
+                idle()
+                continue
+            handle(frame)
+
+    return Reader(drain, sock, batch=batch, serve_alone=serve_alone)
 
 
 class InboundConnection(Connection):
@@ -297,7 +362,8 @@ class InboundConnection(Connection):
         ]
 
     def readers(self) -> Sequence[Reader]:
-        """The sockets the loop receives from (built once, when the loop starts)."""
+        """What the loop polls and drains for this connection (built once, when the loop
+        starts; see :class:`Reader`)."""
         raise NotImplementedError
 
     def finish(self, deadline: float) -> None:
@@ -305,12 +371,8 @@ class InboundConnection(Connection):
         arrived, until it is handled or ``time.monotonic()`` passes ``deadline``. Runs in
         the loop's thread."""
         for reader in self.readers():
-            while time.monotonic() < deadline:
-                try:
-                    frame = reader.socket.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                reader.handle(frame)
+            while time.monotonic() < deadline and reader.drain(reader.batch):
+                pass
 
     def invoke(self, args: Any, workflow_id: str) -> Any:
         """Run the handler with the message's workflow id as the current flow.

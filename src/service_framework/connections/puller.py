@@ -20,7 +20,7 @@ import zmq
 
 from ..codec import PublishCodec
 from ..errors import DecodeError
-from .base import ConnectionEnv, InboundConnection, Reader
+from .base import ConnectionEnv, InboundConnection, Reader, socket_reader
 
 __all__ = ["Puller"]
 
@@ -62,7 +62,7 @@ class Puller(InboundConnection):
                 return
             deliver(frame)
 
-        return (Reader(sock, handle, batch=256),)
+        return (socket_reader(sock, handle, batch=256),)
 
     def _refuse_multipart(self, sock: zmq.Socket[Any], frame: bytes) -> None:
         self.stats.received += 1

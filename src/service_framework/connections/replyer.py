@@ -25,7 +25,7 @@ from ..codec import MessageCodec
 from ..errors import DecodeError, ValidationError
 from ..logs import ERROR_TEXT_MAX, clip
 from ..transport import sender_of
-from .base import ConnectionEnv, InboundConnection, Reader
+from .base import ConnectionEnv, InboundConnection, Reader, socket_reader
 
 __all__ = ["Replyer"]
 
@@ -90,7 +90,7 @@ class Replyer(InboundConnection):
 
         # One request per poll turn: a REP socket holds the next request only after the
         # reply, and probing for it (a raised zmq.Again) costs more than polling again.
-        return (Reader(sock, handle, batch=1),)
+        return (socket_reader(sock, handle, batch=1),)
 
     def _refuse_multipart(self, sock: zmq.Socket[Any], frame: bytes) -> bytes:
         """Read the rest of a multi-frame request (REP replies only once it is all read)

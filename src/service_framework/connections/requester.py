@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 __all__ = ["Requester"]
 
 
+_SLICE_MS = 100  # the longest a reply is awaited in one blocking receive
+
+
 class Requester(OutboundConnection):
     type_name = "requester"
     address_keys = ("requester",)
@@ -49,6 +52,12 @@ class Requester(OutboundConnection):
         self.timeout_s = float(args.get("timeout_s", self.DEFAULT_TIMEOUT_S))
         self.retries = int(args.get("retries", 0))
         self._timeout_ms = max(1, int(self.timeout_s * 1000))
+        # Replies are awaited in slices of this (the socket's RCVTIMEO) up to the attempt's
+        # deadline: a signal that lands just before a blocking receive starts does not
+        # interrupt it, so its handler would wait for the receive to end. A reply that
+        # comes within the first slice costs nothing extra.
+        self._slice_ms = min(self._timeout_ms, _SLICE_MS)
+        self._slice_s = self._slice_ms / 1000
         self._max_bytes = self.socket_options.max_message_bytes
         self.codec = MessageCodec(
             model.args, model.returns, max_bytes=self.socket_options.max_message_bytes
@@ -92,7 +101,7 @@ class Requester(OutboundConnection):
                 options={
                     zmq.IMMEDIATE: 1,
                     zmq.SNDTIMEO: self._timeout_ms,
-                    zmq.RCVTIMEO: self._timeout_ms,
+                    zmq.RCVTIMEO: self._slice_ms,
                 },
                 before_connect=lambda sock: watches.append(self._watch_handshakes(sock)),
             )
@@ -186,11 +195,13 @@ class Requester(OutboundConnection):
                 try:
                     send_bytes(sock, frame, zmq.NOBLOCK)  # the usual case: a connection is up
                 except zmq.Again:
-                    self._send_waiting(sock, frame)
-                    reply = sock.recv()
-                    sock.setsockopt(zmq.RCVTIMEO, self._timeout_ms)
-                    return reply
-                return sock.recv()
+                    left_s = self._send_waiting(sock, frame)
+                    return self._reply_within(sock, time.monotonic() + left_s)
+                try:
+                    return sock.recv()  # the usual case: the reply within the first slice
+                except zmq.Again:
+                    rest = time.monotonic() - self._slice_s + self.timeout_s
+                    return self._reply_within(sock, rest)
             except HandshakeRefused:
                 stats.failed += 1
                 self._drop_refused(sock)
@@ -236,9 +247,21 @@ class Requester(OutboundConnection):
         self.socket = None  # closed, should a fresh one fail to open
         self.socket = self._fresh_socket()
 
-    def _send_waiting(self, sock: zmq.Socket[Any], frame: bytes) -> None:
-        """Send once a connection is up (``IMMEDIATE``), within the attempt's budget; only
-        what is left of that budget is then allowed for the reply."""
+    @staticmethod
+    def _reply_within(sock: zmq.Socket[Any], deadline: float) -> bytes:
+        """The reply, read a slice (``RCVTIMEO``) at a time until ``time.monotonic()``
+        passes ``deadline`` (then ``zmq.Again``). Between slices Python runs the handler
+        of any signal that arrived meanwhile."""
+        while True:
+            try:
+                return sock.recv()
+            except zmq.Again:
+                if time.monotonic() >= deadline:
+                    raise
+
+    def _send_waiting(self, sock: zmq.Socket[Any], frame: bytes) -> float:
+        """Send once a connection is up (``IMMEDIATE``), within the attempt's budget;
+        returns what is left of that budget (seconds) for the reply."""
         started = time.monotonic()
         deadline = started + self.timeout_s
         if self._watch is not None:
@@ -250,13 +273,12 @@ class Requester(OutboundConnection):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise zmq.Again()
-                poller.poll(max(1, int(left * 1000)))
+                poller.poll(max(1, min(self._slice_ms, int(left * 1000))))  # slices: signals
                 refused = self._refused(every=True)
                 if refused is not None:
                     raise refused
         sock.send(frame)  # SNDTIMEO: raises zmq.Again when no peer appears in time
-        left_ms = max(1, int((self.timeout_s - (time.monotonic() - started)) * 1000))
-        sock.setsockopt(zmq.RCVTIMEO, left_ms)
+        return max(0.0, self.timeout_s - (time.monotonic() - started))
 
     def _result(self, reply: bytes, workflow_id: str) -> Any:
         try:

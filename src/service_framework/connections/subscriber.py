@@ -30,7 +30,7 @@ from ..codec import PublishCodec
 from ..errors import DecodeError, ValidationError
 from ..logs import clip
 from ..workflow import IDLE
-from .base import ConnectionEnv, InboundConnection, RateLimit, Reader
+from .base import ConnectionEnv, InboundConnection, RateLimit, Reader, socket_reader
 
 __all__ = ["Subscriber"]
 
@@ -213,7 +213,7 @@ class Subscriber(InboundConnection):
             finally:
                 flow._id = IDLE
 
-        return (Reader(sock, handle, batch=256),)
+        return (socket_reader(sock, handle, batch=256),)
 
     def finish(self, deadline: float) -> None:
         # Messages already queued here were delivered; handle them rather than drop them.
