@@ -498,6 +498,9 @@ def test_a_stopped_subscriber_counts_and_logs_exactly_what_it_missed(
     assert int(stats.group(1)) == lost
     assert int(stats.group(2)) >= 1
     gap_lines = re.findall(
-        r"flooded: connection 'ticks' missed ([\d,]+) messages from flood\.fills/[0-9a-f]{6} ", log
+        r"flooded: connection 'ticks' missed ([\d,]+) messages from publisher ([0-9a-f]{8}) ", log
     )
+    # The tag is the one the publisher logged it publishes as ("publishes as publisher").
+    assert {found for _, found in gap_lines} == {publisher.outbound["fills"].publisher_name}
+    gap_lines = [missed for missed, _ in gap_lines]
     assert sum(int(n.replace(",", "")) for n in gap_lines) == lost

@@ -9,9 +9,10 @@ not know, so later versions can add keys without breaking older peers):
 
 A published message is the throughput path, so its frame is a msgpack array of exactly
 seven: ``[topic, 1, workflow_id, args, meta, publisher, seq]`` (``meta`` is nil when
-there is none). ``publisher`` names the publishing socket (``<service>.<connection>/``
-plus a random tag, new each time it starts) and ``seq`` counts its messages from 0, so
-a subscriber sees which messages it missed (a gap in ``seq``) and from whom.
+there is none). ``publisher`` is the publishing socket's tag (8 random hex digits, new
+each time it starts, logged by the publisher with its service and connection: short,
+since it travels in every frame) and ``seq`` counts its messages from 0, so a
+subscriber sees which messages it missed (a gap in ``seq``) and from whom.
 Positions instead of keys make the frame cheaper to encode and to decode, and the fixed
 length keeps its leading bytes - the array header, then the topic as a msgpack str,
 whose header holds its length - the same for every message on a topic. SUB sockets

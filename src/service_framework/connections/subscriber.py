@@ -8,7 +8,7 @@ and never stops the messages behind it.
 Loss is visible: every publisher numbers its messages, and a subscriber that finds a gap
 in a publisher's numbers counts the messages it missed (``stats.missed`` and
 ``stats.gaps``) and logs them, at most one line per publisher every few seconds
-("missed 2,163 messages from pricing.ticks/3f9a1c"). The first message heard from a
+("missed 2,163 messages from publisher 3f9a1c2b"). The first message heard from a
 publisher only sets where its count starts: what it sent before this subscriber joined
 is not counted as missed.
 
@@ -91,7 +91,7 @@ class _Gaps:
         self.log_after = time.monotonic() + _GAP_LOG_INTERVAL_S
         for publisher, count in pending[:_GAP_LINES_AT_ONCE]:
             log.warning(
-                "%s: connection '%s' missed %s messages from %s (%s missed in all)",
+                "%s: connection '%s' missed %s messages from publisher %s (%s missed in all)",
                 service,
                 name,
                 f"{count:,}",
@@ -112,7 +112,7 @@ class _Gaps:
         connection = self.connection
         if self.first_heard_limit.allow():
             connection.env.log.info(
-                "%s: connection '%s' first heard %s at its message %s (what it sent "
+                "%s: connection '%s' first heard publisher %s at its message %s (what it sent "
                 "before this subscriber joined is not counted)",
                 connection.env.service,
                 connection.name,
