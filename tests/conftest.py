@@ -132,10 +132,19 @@ def zctx() -> Iterator[zmq.Context[Any]]:
 class Process:
     """A CLI service process whose stderr is read line by line in the background."""
 
-    def __init__(self, args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        env: Mapping[str, str] | None = None,
+        *,
+        command: list[str] | None = None,
+    ) -> None:
+        """``python -m service_framework ARGS``, or ``command`` as given (e.g. the same
+        run inside a namespace)."""
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "service_framework", *args],
+            command or [sys.executable, "-m", "service_framework", *args],
             cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -88,7 +88,8 @@ def in_namespace(tmp_path: Path, hosts: Hosts):
     started: list[Process] = []
 
     def start(*args: str) -> Process:
-        process = _NamespacedProcess(hosts, list(args), tmp_path)
+        command = hosts.argv(sys.executable, "-m", "service_framework", *args)
+        process = Process(list(args), tmp_path, command=command)
         started.append(process)
         return process
 
@@ -98,27 +99,6 @@ def in_namespace(tmp_path: Path, hosts: Hosts):
         for pipe in (process.popen.stdout, process.popen.stderr):
             if pipe is not None:
                 pipe.close()
-
-
-class _NamespacedProcess(Process):
-    """A CLI service process run through :meth:`Hosts.argv`."""
-
-    def __init__(self, hosts: Hosts, args: list[str], cwd: Path) -> None:
-        import queue
-
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.popen = subprocess.Popen(
-            hosts.argv(sys.executable, "-m", "service_framework", *args),
-            cwd=cwd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=full_env,
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
 
 
 REPLYER = """
