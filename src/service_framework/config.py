@@ -49,17 +49,24 @@ __all__ = [
 ]
 
 
-def load_json(path: str | Path, what: str, error: type[Exception] = ConfigError) -> dict[str, Any]:
-    """Read a JSON object from ``path``; every failure is one clear ``error``."""
-    file = Path(path)
+def read_text_file(path: str | Path, what: str, error: type[Exception] = ConfigError) -> str:
+    """The UTF-8 text of the ``what`` file at ``path``; every failure is one clear
+    ``error`` naming the file."""
     try:
-        text = file.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise error(f"{what} file not found: {path}") from None
     except IsADirectoryError:
         raise error(f"{what} path is a directory, not a file: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{what} file {path} is not UTF-8 text: {exc}") from None
     except OSError as exc:
         raise error(f"cannot read {what} file {path}: {exc.strerror}") from None
+
+
+def load_json(path: str | Path, what: str, error: type[Exception] = ConfigError) -> dict[str, Any]:
+    """Read a JSON object from ``path``; every failure is one clear ``error``."""
+    text = read_text_file(path, what, error)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -64,7 +64,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
 
-from .config import flatten_seed_shape, load_json, validate_addresses_shape
+from .config import flatten_seed_shape, load_json, read_text_file, validate_addresses_shape
 from .errors import AddressError, ConfigError, StartupError
 from .loader import PreparedService, load_module, prepare_service
 from .models import ConnectionModel, ServiceModels
@@ -302,18 +302,9 @@ def load_topology(path: str | os.PathLike[str]) -> Topology:
     """Read a topology file (TOML). Raises :class:`TopologyError` naming the file and
     what is wrong (unreadable, not TOML, a bad key or value)."""
     file = Path(path)
+    text = read_text_file(file, "topology", TopologyError)
     try:
-        text = file.read_bytes()
-    except FileNotFoundError:
-        raise TopologyError(f"topology file not found: {path}") from None
-    except IsADirectoryError:
-        raise TopologyError(f"topology path is a directory, not a file: {path}") from None
-    except OSError as exc:
-        raise TopologyError(f"cannot read topology file {path}: {exc.strerror}") from None
-    try:
-        data = tomllib.loads(text.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise TopologyError(f"topology file {path} is not UTF-8 text: {exc}") from None
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise TopologyError(f"topology file {path} is not valid TOML: {exc}") from None
     return parse_topology(data, file)

@@ -291,6 +291,14 @@ ServeAlone = Callable[[RunState, Callable[[], None]], None]
 BLOCKING_RECV_MS = 100  # a reader's blocking loop notices a stop request within this
 
 
+def check_timeout(creation_arguments: Mapping[str, Any], default: float) -> None:
+    """``timeout_s`` (when given) must be > 0; raises ``ValueError`` saying so (the caller
+    adds the service and connection)."""
+    timeout = creation_arguments.get("timeout_s", default)
+    if not timeout > 0:
+        raise ValueError(f"creation argument 'timeout_s' must be > 0, got {timeout!r}")
+
+
 @dataclass(frozen=True)
 class Reader:
     """What the loop polls for one inbound source, and how the source drains itself.

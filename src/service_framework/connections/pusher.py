@@ -22,7 +22,7 @@ import zmq
 from ..codec import PublishCodec
 from ..errors import RequestTimeout
 from ..transport import sender_of
-from .base import ConnectionEnv, OutboundConnection
+from .base import ConnectionEnv, OutboundConnection, check_timeout
 
 __all__ = ["Pusher"]
 
@@ -46,9 +46,7 @@ class Pusher(OutboundConnection):
     def prepare(
         cls, creation_arguments: dict[str, Any], namespace: Mapping[str, Any]
     ) -> dict[str, Any]:
-        timeout = creation_arguments.get("timeout_s", cls.DEFAULT_TIMEOUT_S)
-        if not timeout > 0:
-            raise ValueError(f"creation argument 'timeout_s' must be > 0, got {timeout!r}")
+        check_timeout(creation_arguments, cls.DEFAULT_TIMEOUT_S)
         return super().prepare(creation_arguments, namespace)
 
     def open(self, addresses: Mapping[str, Any]) -> None:

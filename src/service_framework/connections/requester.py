@@ -22,7 +22,7 @@ import zmq
 from ..codec import MessageCodec
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
 from ..transport import send_bytes
-from .base import ConnectionEnv, OutboundConnection
+from .base import ConnectionEnv, OutboundConnection, check_timeout
 
 if TYPE_CHECKING:
     from ..monitoring import RequesterWatch
@@ -73,9 +73,7 @@ class Requester(OutboundConnection):
     def prepare(
         cls, creation_arguments: dict[str, Any], namespace: Mapping[str, Any]
     ) -> dict[str, Any]:
-        timeout = creation_arguments.get("timeout_s", cls.DEFAULT_TIMEOUT_S)
-        if not timeout > 0:
-            raise ValueError(f"creation argument 'timeout_s' must be > 0, got {timeout!r}")
+        check_timeout(creation_arguments, cls.DEFAULT_TIMEOUT_S)
         retries = creation_arguments.get("retries", 0)
         if retries < 0:
             raise ValueError(f"creation argument 'retries' must be >= 0, got {retries!r}")
