@@ -357,3 +357,34 @@ def test_a_script_that_ends_waits_for_its_running_services(write_service, tmp_pa
                 os.kill(child_pid, signal.SIGKILL)
         script.kill()
         script.communicate(timeout=10)
+
+
+def test_stats_are_read_while_the_service_runs(write_service, services, client) -> None:
+    service = services(write_service("echo", ECHO), addresses=ADDRESSES, config={"prefix": ">"})
+    with pytest.raises(RuntimeError, match="not running"):
+        service.stats()
+    service.run_service()
+    assert service.stats()["echo"]["handled"] == 0
+    caller = echo_client(client, service)
+    for text in ("a", "b", "c"):
+        caller.to_send("e", {"text": text})
+    counts = service.stats()["echo"]  # asked of the background process, as it runs
+    assert (counts["received"], counts["handled"], counts["failed"]) == (3, 3, 0)
+    assert service.stop_service() == 0
+    with pytest.raises(RuntimeError, match="not running"):
+        service.stats()
+
+
+def test_stats_of_a_blocking_run_come_from_this_process(write_service, services, client) -> None:
+    service = services(write_service("echo", ECHO), addresses=ADDRESSES, config={"prefix": ">"})
+    outcome: list[int] = []
+    thread = threading.Thread(target=lambda: outcome.append(service.run_service_blocking()))
+    thread.start()
+    try:
+        assert service.ready.wait(20)
+        echo_client(client, service).to_send("e", {"text": "x"})
+        assert service.stats()["echo"]["handled"] == 1
+    finally:
+        service.stop_service()
+        thread.join(20)
+    assert outcome == [0]

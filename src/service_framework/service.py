@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import dataclasses
 import json
 import os
 import pickle
@@ -41,7 +42,7 @@ from typing import Any
 from .config import environment_config
 from .errors import StartupError, ValidationError
 from .logs import DEFAULT_LOG_MAX_BYTES, configure_logging
-from .runtime import RunOptions, ServiceRuntime
+from .runtime import RunOptions, ServiceRuntime, signals_blocked
 from .security import Curve
 
 __all__ = ["Service"]
@@ -156,6 +157,10 @@ class Service:
         self._process: subprocess.Popen[bytes] | None = None
         self._runtime: ServiceRuntime | None = None
         self._lock = threading.Lock()
+        # The socket pair to a background service, kept after it is ready: stats() asks
+        # over it (one question at a time: _channel_lock).
+        self._channel: socket.socket | None = None
+        self._channel_lock = threading.Lock()
         self.endpoints: dict[str, dict[str, list[str]]] = {}
         # Set once the service is ready to serve (background or blocking run).
         self.ready = threading.Event()
@@ -210,9 +215,9 @@ class Service:
                 self.endpoints = _await_ready(process, ours, self.start_timeout_s, launch.source)
             except BaseException:
                 _terminate(process, self.stop_timeout_s)
-                raise
-            finally:
                 ours.close()
+                raise
+            self._channel = ours
             self._process = process
             _RUNNING.add(process)
             self.ready.set()
@@ -234,6 +239,36 @@ class Service:
             return _terminate(process, self.stop_timeout_s + STOP_GRACE_S)
         finally:
             _RUNNING.discard(process)
+            self._close_channel()
+
+    def stats(self, timeout_s: float = 5.0) -> dict[str, dict[str, int]]:
+        """The counters of every connection of the running service (``received``,
+        ``handled``, ``failed``, ``rejected``, ``timeouts``, ... - see the README's
+        Guarantees), read while it runs: from this process for a blocking run, asked of
+        the child for a background one. Raises ``RuntimeError`` when nothing runs."""
+        runtime = self._runtime
+        if runtime is not None:
+            return _stats_of(runtime)
+        with self._channel_lock:
+            channel = self._channel
+            if channel is None or not self.is_running:
+                raise RuntimeError(f"{self!r} is not running")
+            try:
+                channel.settimeout(timeout_s)
+                _send_frame(channel, b"stats")
+                frame = _recv_frame(channel, time.monotonic() + timeout_s)
+            except OSError as exc:
+                raise RuntimeError(f"{self!r} did not answer for its stats: {exc}") from None
+        if frame is None:
+            raise RuntimeError(f"{self!r} ended before it answered for its stats")
+        stats: dict[str, dict[str, int]] = pickle.loads(frame)
+        return stats
+
+    def _close_channel(self) -> None:
+        with self._channel_lock:
+            channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for a background service to end; its exit code, or ``None`` on timeout."""
@@ -470,10 +505,27 @@ def _child_main(fd: int) -> None:
 
     def ready(rt: ServiceRuntime) -> None:
         _report(channel, "ready", rt.endpoints())
-        channel.close()
+        # From now on the parent may ask for the counters (Service.stats()); a thread of
+        # its own answers, off the service loop. EOF: the parent is gone.
+        answering = threading.Thread(
+            target=_answer_stats, args=(channel, rt), name="stats", daemon=True
+        )
+        with signals_blocked():
+            answering.start()
 
     code = runtime.run(on_ready=ready)
     raise SystemExit(code)
+
+
+def _stats_of(runtime: ServiceRuntime) -> dict[str, dict[str, int]]:
+    return {name: dataclasses.asdict(stats) for name, stats in runtime.stats().items()}
+
+
+def _answer_stats(channel: socket.socket, runtime: ServiceRuntime) -> None:
+    """In a background service: answer each ``stats`` question with the counters."""
+    with contextlib.suppress(OSError):
+        while _recv_frame(channel) is not None:
+            _send_frame(channel, pickle.dumps(_stats_of(runtime)))
 
 
 def _await_ready(
