@@ -8,10 +8,6 @@ import socket
 import textwrap
 from pathlib import Path
 
-import pytest
-
-from service_framework import config as config_module
-
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ROOT / "examples" / "orders" / "services"
 
@@ -158,10 +154,6 @@ def test_config_from_the_topology_and_the_command_line(tmp_path: Path, cli) -> N
     assert json.loads(shown.stdout()) == {"f": 7, "m": 3, "n": 2}
 
 
-@pytest.mark.skipif(
-    not hasattr(config_module, "environment_config"),
-    reason="config from the environment (config.environment_config) is not in this build",
-)
 def test_env_prefix_sits_between_the_topology_and_the_command_line(tmp_path: Path, cli) -> None:
     (tmp_path / "show.py").write_text(
         textwrap.dedent(

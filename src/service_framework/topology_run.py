@@ -22,11 +22,10 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from . import config as config_module
 from .check import CheckReport, check_topology
-from .config import parse_cli_pairs
+from .config import environment_config, parse_cli_pairs
 from .errors import ServiceFrameworkError, StartupError
 from .service import Service
 from .topology import ServiceSpec, TopologyError, derive_addresses, load_topology
@@ -121,24 +120,11 @@ def _fail(message: str, exc: BaseException | None = None, show_traceback: bool =
 
 
 def environment_strings(spec: ServiceSpec, environ: Mapping[str, str]) -> dict[str, str]:
-    """The config pairs the environment gives ``spec`` (its ``env_prefix``), as strings.
-
-    Reading them is ``config.environment_config(prefix, environ)``; a build without it
-    warns that the prefix is not used rather than guessing its rules.
-    """
+    """The config pairs the environment gives ``spec`` (its ``env_prefix``), as strings:
+    read exactly as ``--env_prefix`` reads them (``config.environment_config``)."""
     if spec.env_prefix is None:
         return {}
-    reader: Callable[[str, Mapping[str, str]], Mapping[str, str]] | None = getattr(
-        config_module, "environment_config", None
-    )
-    if reader is None:
-        print(
-            f"{PROG}: warning: {spec.name}: env_prefix {spec.env_prefix!r} is not used: this "
-            "build reads no config from the environment",
-            file=sys.stderr,
-        )
-        return {}
-    return dict(reader(spec.env_prefix, environ))
+    return environment_config(spec.env_prefix, environ)
 
 
 def main(argv: Sequence[str]) -> int:
