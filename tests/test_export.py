@@ -355,6 +355,18 @@ def test_procfile_parses_with_honcho_and_waits_for_binders(tmp_path) -> None:
     }
 
 
+def test_a_services_env_prefix_reaches_its_command_line(tmp_path) -> None:
+    environ = pytest.importorskip("honcho.environ")
+    topology = copy_example(
+        tmp_path,
+        {'file = "services/pricing.py"': 'file = "services/pricing.py"\nenv_prefix = "PRICING_"'},
+    )
+    out = exported("procfile", topology, tmp_path / "procfile")
+    procfile = environ.parse_procfile((out / "Procfile").read_text())
+    assert "--env_prefix PRICING_" in procfile.processes["pricing"]
+    assert "--env_prefix" not in procfile.processes["router"]
+
+
 # --------------------------------------------------------------------------- errors
 
 

@@ -205,6 +205,8 @@ def service_args(
         args.append("-m")
     if probe_file is not None:
         args += ["--probe_file", probe_file]
+    if plan.spec.env_prefix is not None:
+        args += ["--env_prefix", plan.spec.env_prefix]
     curve = plan.spec.curve
     if curve is not None:
         args += ["--curve_secret_key", curve_secret_key or str(curve.secret_key)]
