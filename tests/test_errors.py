@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import pickle
 import re
 from typing import Any
@@ -86,19 +85,21 @@ def test_request_timeout_names_the_workflow_the_request_carried(client, zctx) ->
 
 
 def test_inline_remote_error_names_the_workflow_like_the_wire(
-    write_service, caplog: pytest.LogCaptureFixture
+    write_service, capsys: pytest.CaptureFixture[str]
 ) -> None:
     inline = InlineServices(console_loglevel="WARNING")
     inline.set_main_service("caller", str(write_service("caller", CALLER)))
     inline.add_service("failing", str(write_service("failing", FAILING)))
     inline.add_relation("caller", "echo", "failing", "echo")
-    with caplog.at_level(logging.ERROR), pytest.raises(RemoteError) as caught:
+    with pytest.raises(RemoteError) as caught:
         inline.start()
     workflow_id = caught.value.workflow_id
     assert workflow_id
+    # As over the wire: the error names the caller's connection, and the callee's log
+    # line carries the same workflow id.
     assert str(caught.value) == (
-        f"failing: connection 'echo': remote KeyError: 'boom' [workflow {workflow_id}]"
+        f"caller: connection 'echo': remote KeyError: 'boom' [workflow {workflow_id}]"
     )
-    assert f"failing: handler of connection 'echo' raised KeyError: 'boom' [{workflow_id}]" in (
-        caplog.text
+    assert f"[{workflow_id}] failing: handler of connection 'echo' raised KeyError: 'boom'" in (
+        capsys.readouterr().err
     )

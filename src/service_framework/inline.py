@@ -27,65 +27,36 @@ test can ``assert not inline.check()``.
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from types import ModuleType
 from typing import Any
 
 from .check import check_link
 from .codec import MessageCodec
-from .connections.base import ConnectionEnv
-from .connections.external_target import ExternalTarget, call_target
-from .errors import RemoteError, UnknownConnectionError, ValidationError
-from .loader import PreparedService, load_module, prepare_service
-from .logs import (
-    DEFAULT_LOG_MAX_BYTES,
-    ERROR_TEXT_MAX,
-    check_logging,
-    clip,
-    configure_logging,
+from .connections import CONNECTION_TYPES
+from .connections.base import (
+    ConnectionEnv,
+    InboundConnection,
+    InlineTarget,
+    OutboundConnection,
+    Route,
 )
-from .models import ConnectionModel
+from .connections.external_target import ExternalTarget
+from .errors import UnknownConnectionError
+from .loader import PreparedService, load_module, prepare_service
+from .logs import DEFAULT_LOG_MAX_BYTES, check_logging, configure_logging
 from .topology import Finding, Topology, load_topology
 from .validation import Validator, compile_fields
-from .workflow import (
-    IDLE,
-    Flow,
-    current_flow,
-    flow_of,
-    install_flow,
-    new_workflow_id,
-    outgoing_flow,
-)
+from .workflow import FlowScope
 
 __all__ = ["InlineServices"]
 
 LOG = logging.getLogger("service_framework.inline")
 
-_COMPATIBLE = {"requester": "replyer", "publisher": "subscriber", "pusher": "puller"}
-
-
-@dataclass
-class _Target:
-    """One related inbound connection, with everything a call needs bound once."""
-
-    service: str
-    connection: str
-    model: ConnectionModel
-    handler: Callable[[Any, Any, Any], Any]
-    to_send: ToSend
-    config: dict[str, Any]
-    check_args: Callable[[Any], bool] | None  # None: identical to the sender's check
-    receive: Callable[[Any], Any]  # what the wire makes of args check_args refused
-    check_return: Callable[[Any], bool] | None
-    none_ok: bool
-
-
-Route = Callable[[Any], Any]
 ToSend = Callable[[str, Any], Any]
 
 
@@ -95,6 +66,9 @@ class _Service:
     to_send: ToSend
     # connection name -> a function delivering one message, built once per relation
     routes: dict[str, Route] = field(default_factory=dict)
+    # every connection, as the socket runtime would build it (never opened)
+    inbound: dict[str, InboundConnection] = field(default_factory=dict)
+    outbound: dict[str, OutboundConnection] = field(default_factory=dict)
 
 
 def _make_to_send(name: str, routes: dict[str, Route]) -> ToSend:
@@ -251,17 +225,28 @@ class InlineServices:
         prepared = prepare_service(module, name=name, config=config)
         routes: dict[str, Route] = {}
         service = _Service(prepared, _make_to_send(name, routes), routes)
+        # The same connection objects the socket runtime builds, never opened: their
+        # pipeline, stats and inline routes are the ones a deployment runs.
         env = ConnectionEnv(
             service=name,
             config=prepared.config,
             context=None,
             to_send=service.to_send,
+            scope=FlowScope(),  # inline calls nest in the calling thread's flow
+            log=logging.getLogger(f"service_framework.service.{name}"),
         )
+        for conn_name, model in prepared.models.inbound.items():
+            in_conn = model.kind(model, env)
+            assert isinstance(in_conn, InboundConnection)
+            service.inbound[conn_name] = in_conn
         for conn_name, model in prepared.models.outbound.items():
-            if model.kind is ExternalTarget:
-                service.routes[conn_name] = partial(call_target, ExternalTarget(model, env))
+            out_conn = model.kind(model, env)
+            assert isinstance(out_conn, OutboundConnection)
+            service.outbound[conn_name] = out_conn
+            if isinstance(out_conn, ExternalTarget):
+                routes[conn_name] = out_conn.call
             else:
-                service.routes[conn_name] = partial(_unrelated, name, conn_name)
+                routes[conn_name] = _unrelated(name, conn_name)
         self._services[name] = service
 
     def add_relation(
@@ -283,27 +268,22 @@ class InlineServices:
                 f"service {in_service_name!r} has no inbound connection {in_connection!r} "
                 f"(inbound: {', '.join(in_service.prepared.models.inbound) or 'none'})"
             )
-        expected = _COMPATIBLE.get(out_model.connection_type)
-        if expected is None:
+        kind = out_model.kind
+        peer = kind.peer if issubclass(kind, OutboundConnection) else None
+        if peer is None or not issubclass(kind, OutboundConnection):
             raise ValueError(
                 f"{out_service_name}.{out_connection} is a {out_model.connection_type}; "
-                f"only {', '.join(_COMPATIBLE)} connections take relations"
+                f"only {', '.join(_linkable())} connections take relations"
             )
-        if in_model.connection_type != expected:
+        if in_model.kind is not peer:
             raise ValueError(
                 f"{out_service_name}.{out_connection} is a {out_model.connection_type} and "
-                f"needs a {expected}, but {in_service_name}.{in_connection} is a "
+                f"needs a {peer.type_name}, but {in_service_name}.{in_connection} is a "
                 f"{in_model.connection_type}"
             )
-        if expected == "subscriber":
-            pub_topic = out_model.creation_arguments.get("topic") or ""
-            sub_topic = in_model.creation_arguments.get("topic") or ""
-            if sub_topic and sub_topic != pub_topic:
-                raise ValueError(
-                    f"{in_service_name}.{in_connection} subscribes to topic {sub_topic!r} but "
-                    f"{out_service_name}.{out_connection} publishes on {pub_topic!r}: it would "
-                    "never receive a message"
-                )
+        problem = kind.relation_problem(out_model, in_model)
+        if problem is not None:
+            raise ValueError(problem)
         key = (out_service_name, out_connection)
         pair = (in_service_name, in_connection)
         related = self._relations.setdefault(key, [])
@@ -319,35 +299,16 @@ class InlineServices:
             LOG.warning("relation %s", finding.message.removeprefix("link "))
             self._findings.append(finding)
         targets = [self._target(out_model, *p) for p in related]
-        if expected == "puller":
-            out_service.routes[out_connection] = _push_route(out_model, targets)
-        elif out_model.returns is None:
-            out_service.routes[out_connection] = _publish_route(out_model, targets)
-        else:
-            out_service.routes[out_connection] = _request_route(out_model, targets)
+        sender = out_service.outbound[out_connection]
+        out_service.routes[out_connection] = sender.inline_route(targets, _receiving)
 
-    def _target(self, out_model: ConnectionModel, service_name: str, connection: str) -> _Target:
-        service = self._services[service_name]
-        model = service.prepared.models.inbound[connection]
+    def _target(self, out_model: Any, service_name: str, connection: str) -> InlineTarget:
+        in_conn = self._services[service_name].inbound[connection]
+        check = in_conn.model.args.check
         # The receiver re-validates, as it would over the wire - unless its compiled
         # check is the very same function as the sender's.
-        check_args = None if model.args.check is out_model.args.check else model.args.check
-        check_return = None
-        none_ok = True
-        if model.returns is not None:
-            check_return = model.returns.check
-            none_ok = model.returns.check({})
-        return _Target(
-            service=service_name,
-            connection=connection,
-            model=model,
-            handler=model.creation_arguments["connection_function"],
-            to_send=service.to_send,
-            config=service.prepared.config,
-            check_args=check_args,
-            receive=_as_received(model.args),
-            check_return=check_return,
-            none_ok=none_ok,
+        return InlineTarget(
+            in_conn, None if check is out_model.args.check else _receiving(in_conn.model.args)
         )
 
     def check(self) -> list[Finding]:
@@ -391,6 +352,18 @@ class InlineServices:
     def get_service_module(self, service_name: str) -> ModuleType:
         return self._service(service_name).prepared.module
 
+    def stats(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Every connection's counters (``service -> connection -> counter -> value``),
+        as they stand now: what a handler received, handled, failed and rejected, and
+        its handling time. Readable while the services run, e.g. from ``main``."""
+        return {
+            name: {
+                conn_name: dataclasses.asdict(conn.stats)
+                for conn_name, conn in (*service.inbound.items(), *service.outbound.items())
+            }
+            for name, service in self._services.items()
+        }
+
     def _service(self, name: str) -> _Service:
         service = self._services.get(name)
         if service is None:
@@ -399,48 +372,38 @@ class InlineServices:
         return service
 
 
-def _unrelated(service: str, connection: str, args: Any) -> Any:
-    raise ValueError(
-        f"{service}.{connection} has no relation: call "
-        f"add_relation({service!r}, {connection!r}, ...) first"
+def _linkable() -> list[str]:
+    """The connection types that take relations (those that name a peer type)."""
+    return sorted(
+        name
+        for name, kind in CONNECTION_TYPES.items()
+        if issubclass(kind, OutboundConnection) and kind.peer is not None
     )
 
 
-def _log_failure(target: _Target, error: Exception, flow: Flow) -> None:
-    LOG.error(
-        "%s: handler of connection '%s' raised %s: %s [%s]",
-        target.service,
-        target.connection,
-        type(error).__name__,
-        clip(error, ERROR_TEXT_MAX),  # as over sockets: cut short, escaped, never failing
-        flow.id,
-        exc_info=not isinstance(error, ValidationError),
-    )
+def _unrelated(service: str, connection: str) -> Route:
+    def unrelated(args: Any) -> Any:
+        raise ValueError(
+            f"{service}.{connection} has no relation: call "
+            f"add_relation({service!r}, {connection!r}, ...) first"
+        )
+
+    return unrelated
 
 
-def _remote(target: _Target, error: Exception, flow: Flow) -> RemoteError:
-    """What the caller sees when the far side fails, as it would over the wire."""
-    _log_failure(target, error, flow)
-    return RemoteError(
-        type(error).__name__,
-        clip(error, ERROR_TEXT_MAX),  # as the wire's error reply carries it
-        connection=f"{target.service}: connection '{target.connection}'",
-        workflow_id=flow.id,
-    )
-
-
-def _as_received(validator: Validator) -> Callable[[Any], Any]:
-    """What the wire makes of a value its receiver's check refused.
-
-    A receiver converts losslessly what a sender may send as another type - an ``int``
-    where ``float`` is declared, a number where ``Decimal`` is (README, "Models and
-    validation") - so inline the refused value is encoded as a sender would and decoded
-    as the receiver does: the handler gets the converted value, or the caller the very
-    error the wire would give. Runs only after a failed check, never on the usual path.
-    """
+def _receiving(validator: Validator) -> Callable[[Any], Any]:
+    """What the wire makes of a value, for a receiver with ``validator``'s model: the
+    value itself when the check passes; else converted losslessly as a receiver
+    converts what a sender may send as another type - an ``int`` where ``float`` is
+    declared, a number where ``Decimal`` is (README, "Models and validation") - by
+    encoding it as a sender would and decoding it as the receiver does, or refused with
+    the very error the wire would give."""
+    check = validator.check
     codec = MessageCodec(validator, _UNCHECKED)
 
     def receive(value: Any) -> Any:
+        if check(value):
+            return value
         try:
             frame = codec.encode_request(value, "")
         except (TypeError, ValueError, OverflowError):  # no msgpack form: not sendable
@@ -451,128 +414,3 @@ def _as_received(validator: Validator) -> Callable[[Any], Any]:
 
 
 _UNCHECKED = Validator(compile_fields(None, None))
-
-
-def _replier(target: _Target) -> Callable[[Any, Flow], Any]:
-    """The replyer's side of a request, as its service would run it on receiving one:
-    its args check, its handler, its return check, under ``flow`` (already the callee's).
-    Returns ``None`` for a ``None`` reply its model allows."""
-    handler, to_send, config = target.handler, target.to_send, target.config
-    check_in, check_return, none_ok = target.check_args, target.check_return, target.none_ok
-    receive = target.receive
-
-    def reply(args: Any, flow: Flow) -> Any:
-        try:
-            if check_in is not None and not check_in(args):
-                args = receive(args)  # converted as the wire would, or its error
-            result = handler(args, to_send, config)
-            if result is None and none_ok:
-                return None
-            if check_return is not None and not check_return(result):
-                raise target.model.returns.error(result)  # type: ignore[union-attr]
-            return result
-        except Exception as error:
-            raise _remote(target, error, flow) from error
-
-    return reply
-
-
-def _request_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
-    """Deliver a request to its replyer(s); return the one validated reply.
-
-    Inline calls nest on one thread, so rather than set a new Flow in the context per
-    call (the costliest part of an inline call), the current one is turned into the
-    callee's for the duration of the call and restored after. Each replyer counts its
-    onward sends from ``_1``, as each would over the wire.
-    """
-    check_args, args_error = out_model.args.check, out_model.args.error
-    assert out_model.returns is not None
-    check_reply = out_model.returns.check
-    reply_received = _as_received(out_model.returns)
-    replies = [_replier(target) for target in targets]
-    single = replies[0] if len(replies) == 1 else None
-    # When the one replyer checks its return with the very same function the requester
-    # would, check once: the replyer's failure is what the wire would report.
-    reply_checked_twice = single is None or targets[0].check_return is not check_reply
-    get_flow = current_flow.get
-
-    def several(args: Any, flow: Flow, callee_id: str | None) -> Any:
-        given = []
-        for reply in replies:
-            flow._id, flow.calls = callee_id, 0
-            answer = reply(args, flow)
-            if answer is not None:
-                given.append(answer)
-        if len(given) > 1:
-            raise RuntimeError(
-                f"{out_model.service}.{out_model.name} is related to {len(given)} handlers "
-                "that each returned a reply; a request gets exactly one reply"
-            )
-        return given[0] if given else None
-
-    def route(args: Any) -> Any:
-        if not check_args(args):
-            raise args_error(args)
-        flow = get_flow()
-        if flow is None:
-            flow = install_flow()
-        if flow._id is not IDLE:
-            callee_id: str | None = flow.next_call_id()
-        elif single is not None:
-            callee_id = None  # a new workflow; its id is made if something reads it
-        else:
-            callee_id = new_workflow_id()  # several replyers share it
-        saved_id, saved_calls = flow._id, flow.calls
-        try:
-            if single is not None:
-                flow._id, flow.calls = callee_id, 0
-                result = single(args, flow)
-            else:
-                result = several(args, flow, callee_id)
-        finally:
-            flow._id, flow.calls = saved_id, saved_calls
-        if result is None:
-            result = {}
-        if reply_checked_twice and not check_reply(result):
-            result = reply_received(result)  # converted as the wire would, or its error
-        return result
-
-    return route
-
-
-def _publish_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
-    """Deliver a published message to every related subscriber; nothing comes back, and
-    a subscriber's failure stays with it (it is logged), as over the wire."""
-    check_args, args_error = out_model.args.check, out_model.args.error
-
-    def route(args: Any) -> None:
-        if not check_args(args):
-            raise args_error(args)
-        flow = outgoing_flow()
-        for target in targets:
-            # Each subscriber counts its own onward sends, as each would over the wire.
-            token = current_flow.set(flow if len(targets) == 1 else flow_of(flow.id))
-            try:
-                received = args
-                if target.check_args is not None and not target.check_args(args):
-                    received = target.receive(args)  # as the wire would, or its error
-                target.handler(received, target.to_send, target.config)
-            except Exception as error:
-                _log_failure(target, error, flow)
-            finally:
-                current_flow.reset(token)
-
-    return route
-
-
-def _push_route(out_model: ConnectionModel, targets: list[_Target]) -> Route:
-    """Deliver each pushed message to one related puller, taking them in turn (the wire
-    round-robins over connected pullers); a puller's failure stays with it, as a
-    subscriber's does."""
-    routes = itertools.cycle([_publish_route(out_model, [target]) for target in targets])
-    take = routes.__next__
-
-    def route(args: Any) -> None:
-        take()(args)
-
-    return route

@@ -283,3 +283,34 @@ def configure_logging(
         root.addHandler(file_handler)
     if levels:
         root.setLevel(min(levels))
+
+
+class RateLimit:
+    """At most ``burst`` events at once, then ``per_s`` a second; counts the rest.
+
+    For log lines a peer can trigger: :meth:`allow` says whether to write this one, and
+    :attr:`held` how many were held back since the last one written.
+    """
+
+    __slots__ = ("burst", "held", "per_s", "stamp", "tokens")
+
+    def __init__(self, burst: int, per_s: float) -> None:
+        self.burst = burst
+        self.per_s = per_s
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+        self.held = 0
+
+    def allow(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_s)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        self.held += 1
+        return False
+
+    def take_held(self) -> int:
+        held, self.held = self.held, 0
+        return held

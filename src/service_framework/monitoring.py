@@ -326,7 +326,7 @@ class PeerWatch:
 
     def _read(self, monitor: zmq.Socket[Any], watched: _Watched) -> None:
         connection = watched.connection
-        stats = connection.stats
+        peer_event = connection.observer.on_peer
         while True:
             try:
                 event = recv_monitor_message(monitor, zmq.NOBLOCK)
@@ -335,12 +335,12 @@ class PeerWatch:
             kind = int(event["event"])
             peer = _endpoint(event)
             if kind in (zmq.EVENT_CONNECTED, zmq.EVENT_ACCEPTED):
-                stats.peers_connected += 1
+                peer_event("peers_connected")
                 LOG.info(
                     "%s: connection '%s' peer connected (%s)", self.service, connection.name, peer
                 )
             elif kind == zmq.EVENT_DISCONNECTED:
-                stats.peers_disconnected += 1
+                peer_event("peers_disconnected")
                 # Clients of a binding socket come and go; a connecting socket losing
                 # its server is worth a warning.
                 level = logging.INFO if watched.binds else logging.WARNING
@@ -363,10 +363,10 @@ class PeerWatch:
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 watched.attempts.pop(peer, None)
             elif kind & HANDSHAKE_FAILED:
-                stats.handshake_failures += 1
+                peer_event("handshake_failures")
                 self._log_handshake_failure(watched, kind, int(event["value"]), peer)
             elif kind == zmq.EVENT_ACCEPT_FAILED:
-                stats.accept_failures += 1
+                peer_event("accept_failures")
                 self._accept_failed(watched, int(event["value"]), peer)
 
     def _retry_delay(self, watched: _Watched, endpoint: str) -> float:
@@ -449,7 +449,7 @@ class PeerWatch:
                 exc,
             )
             return
-        connection.stats.reconnects += 1
+        connection.observer.on_peer("reconnects")
         left_out = self._limiter.allow((connection.name, "reconnect"))
         if left_out is None:
             return
@@ -544,7 +544,7 @@ class RequesterWatch:
             except zmq.Again:
                 return self.refused
             kind, peer = int(event["event"]), _endpoint(event)
-            connection.stats.handshake_failures += 1
+            connection.observer.on_peer("handshake_failures")
             self.refused[peer] = _handshake_reason(kind, int(event["value"]))
 
     def close(self, sock: zmq.Socket[Any]) -> None:

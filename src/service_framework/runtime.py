@@ -34,7 +34,6 @@ import zmq
 from .config import validate_addresses_shape
 from .connections.base import (
     ConnectionEnv,
-    ConnectionStats,
     InboundConnection,
     OutboundConnection,
     Reader,
@@ -45,9 +44,10 @@ from .errors import AddressError, HookError, StartupError, UnknownConnectionErro
 from .loader import PreparedService, call_hook, load_module, prepare_service
 from .monitoring import PeerWatch, raise_fd_limit
 from .names import NameWatch
+from .observe import ConnectionStats
 from .probe import Heartbeat
 from .security import Curve
-from .workflow import IDLE, current_flow, flow_of, new_workflow_id
+from .workflow import IDLE, FlowScope, current_flow, flow_of, new_workflow_id
 
 __all__ = ["RunOptions", "ServiceRuntime", "make_to_send"]
 
@@ -147,7 +147,7 @@ class ServiceRuntime:
         self._wake_r, self._wake_w = -1, -1
         self._peers: PeerWatch | None = None
         self._names: NameWatch | None = None
-        self._flow = flow_of(IDLE)  # the serving thread's current flow (see invoke)
+        self._flow = flow_of(IDLE)  # the serving thread's current flow (see FlowScope)
         self._phase = "new"
         self._pending_signal: tuple[int, FrameType | None] | None = None
         self._loop_thread: threading.Thread | None = None
@@ -264,7 +264,7 @@ class ServiceRuntime:
             to_send=self.to_send,
             curve=self.options.curve,
             monitor=self._peers.add if self._peers is not None else None,
-            flow=self._flow,
+            scope=FlowScope(self._flow),
             debug=debug,
             log=env_log,
             names=self._names,
@@ -369,7 +369,7 @@ class ServiceRuntime:
 
     def _serve(self) -> None:
         readers = [reader for conn in self.inbound.values() for reader in conn.readers()]
-        # Handlers in this thread run under the connections' shared flow (see invoke).
+        # Handlers in this thread run under the connections' shared flow (see FlowScope).
         token = current_flow.set(self._flow)
         self._turns += 1
         try:

@@ -78,7 +78,6 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = [
     "DEFAULT_BASE_PORT",
     "DEFAULT_HOST",
-    "LINKABLE",
     "CurveKeys",
     "Endpoint",
     "Finding",
@@ -101,15 +100,6 @@ __all__ = [
 
 DEFAULT_BASE_PORT = 47800
 DEFAULT_HOST = "127.0.0.1"
-
-# Outbound connection type -> the inbound types it can be linked to.
-LINKABLE: Mapping[str, frozenset[str]] = MappingProxyType(
-    {
-        "requester": frozenset({"replyer"}),
-        "publisher": frozenset({"subscriber"}),
-        "pusher": frozenset({"puller"}),
-    }
-)
 
 AddressMode = Literal["local", "cluster"]
 
@@ -666,9 +656,10 @@ def _decide(
             return None
         found.append(model)
     out_model, in_model = found
-    allowed = LINKABLE.get(out_model.connection_type, frozenset())
-    if in_model.connection_type not in allowed:
-        needs = " or ".join(sorted(allowed)) or "nothing (it opens no socket)"
+    # Each outbound type names the inbound type it links to (requester -> replyer).
+    peer = getattr(out_model.kind, "peer", None)
+    if in_model.kind is not peer:
+        needs = peer.type_name if peer is not None else "nothing (it opens no socket)"
         problems.append(
             Finding(
                 "incompatible-types",

@@ -22,17 +22,22 @@ import hashlib
 import itertools
 import os
 import secrets
+from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Final
+from typing import Any, Final, TypeVar
+
+_R = TypeVar("_R")
 
 __all__ = [
     "IDLE",
     "WORKFLOW_ID_MAX_CHARS",
     "Flow",
+    "FlowScope",
     "current_flow",
     "current_workflow_id",
     "flow_of",
     "new_workflow_id",
+    "next_workflow_id",
     "outgoing_flow",
 ]
 
@@ -125,6 +130,16 @@ def outgoing_flow() -> Flow:
     return Flow() if flow is None or flow._id is IDLE else flow.child()
 
 
+def next_workflow_id(*, lazy: bool = False) -> str | None:
+    """The id of a message about to be sent from the current context: the next call id
+    of the message being handled, or outside any handler a new workflow's - ``None``
+    when ``lazy`` (a :class:`FlowScope` then makes it only if something reads it)."""
+    flow = current_flow.get()
+    if flow is not None and flow._id is not IDLE:
+        return flow.next_call_id()
+    return None if lazy else new_workflow_id()
+
+
 def install_flow() -> Flow:
     """Make an idle flow this context's current one, for code that then turns it into
     each handled message's flow in place (cheaper than setting a new one per message).
@@ -132,6 +147,53 @@ def install_flow() -> Flow:
     flow = flow_of(IDLE)
     current_flow.set(flow)
     return flow
+
+
+class FlowScope:
+    """Where a handled message's workflow id is the current flow while its handler runs.
+
+    The one place that sets a message's id and puts back what was there before (the
+    message pipeline and inline calls use it; nothing else writes a flow's id). It keeps
+    the cheap reuse: a flow object is not made per message, the id of an existing one is
+    set and restored.
+
+    ``FlowScope(flow)`` scopes into that fixed flow - the serving thread's, made its
+    current flow once by the runtime (:func:`install_flow`). ``FlowScope()`` scopes into
+    the calling context's current flow, installing one if it has none: inline calls,
+    which nest on whatever thread calls them. When handlers run as concurrent tasks,
+    this is what becomes per-task.
+    """
+
+    __slots__ = ("_flow",)
+
+    def __init__(self, flow: Flow | None = None) -> None:
+        self._flow = flow
+
+    def wrap(self, body: Callable[[Any, str | None], _R]) -> Callable[[Any, str | None], _R]:
+        """``body(value, workflow_id)``, run with ``workflow_id`` as the current flow's id
+        (its send counter from 0) and the previous id and counter restored after. An id
+        of ``None`` starts a new workflow whose id is made only if something reads it."""
+        fixed = self._flow
+        get_flow = current_flow.get
+
+        def scoped(value: Any, workflow_id: str | None) -> _R:
+            flow = fixed if fixed is not None else (get_flow() or install_flow())
+            saved_id, saved_calls = flow._id, flow.calls
+            flow._id = workflow_id
+            flow.calls = 0
+            try:
+                return body(value, workflow_id)
+            finally:
+                flow._id = saved_id
+                flow.calls = saved_calls
+
+        return scoped
+
+    def current_id(self) -> str:
+        """The id of the message being handled in this scope (made now if it is a new
+        workflow's): what a failure's log line and error carry."""
+        flow = self._flow if self._flow is not None else current_flow.get()
+        return IDLE if flow is None else flow.id
 
 
 def current_workflow_id() -> str | None:

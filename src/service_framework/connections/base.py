@@ -33,16 +33,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import zmq
 
-from ..errors import DecodeError, ValidationError
-from ..logs import ERROR_TEXT_MAX, clip
+from ..errors import ValidationError
+from ..logs import RateLimit
 from ..names import host_name_of
+from ..observe import ConnectionStats, Observer, Observers
+from ..pipeline import Delivery, R, Receiver, compile_delivery
 from ..transport import SocketOptions, bind_or_connect, parse_endpoints
-from ..workflow import IDLE, Flow, current_flow, flow_of
+from ..workflow import FlowScope, next_workflow_id
 
 if TYPE_CHECKING:
     from ..models import ConnectionModel
     from ..names import NameWatch
     from ..security import Curve
+    from ..validation import Validator
 
 __all__ = [
     "Connection",
@@ -73,59 +76,6 @@ class RunState:
 
 
 @dataclass
-class ConnectionStats:
-    """Per-connection counters, readable while the service runs and logged at exit."""
-
-    received: int = 0  # frames taken off the socket (or calls made, outbound)
-    handled: int = 0  # handler (or peer) completed successfully
-    failed: int = 0  # the handler raised / the call failed
-    rejected: int = 0  # undecodable or invalid input, answered with an error or dropped
-    timeouts: int = 0  # outbound attempts that got no reply in time
-    retries: int = 0  # outbound attempts repeated on a fresh socket
-    peers_connected: int = 0  # connections established (socket monitor)
-    peers_disconnected: int = 0  # connections lost, e.g. a heartbeat timed out
-    reconnects: int = 0  # endpoints re-established after libzmq gave up on them
-    handshake_failures: int = 0  # CURVE/ZMTP handshakes refused (by us, or by the server)
-    accept_failures: int = 0  # incoming connections the listener failed to accept
-    # Subscribers: messages known lost, from gaps in the publishers' sequence numbers,
-    # and how many gaps there were (a gap is one run of missed messages).
-    missed: int = 0
-    gaps: int = 0
-    subscriptions: int = 0  # publishers: subscriptions received (one per subscriber join)
-
-
-class RateLimit:
-    """At most ``burst`` events at once, then ``per_s`` a second; counts the rest.
-
-    For log lines a peer can trigger: :meth:`allow` says whether to write this one, and
-    :attr:`held` how many were held back since the last one written.
-    """
-
-    __slots__ = ("burst", "held", "per_s", "stamp", "tokens")
-
-    def __init__(self, burst: int, per_s: float) -> None:
-        self.burst = burst
-        self.per_s = per_s
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-        self.held = 0
-
-    def allow(self) -> bool:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.per_s)
-        self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        self.held += 1
-        return False
-
-    def take_held(self) -> int:
-        held, self.held = self.held, 0
-        return held
-
-
-@dataclass
 class ConnectionEnv:
     """What the runtime gives every connection."""
 
@@ -139,9 +89,12 @@ class ConnectionEnv:
     monitor: Callable[[zmq.Socket[Any], Connection], None] | None = None
     debug: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("service_framework"))
-    # The flow of the message being handled in the serving thread. The runtime makes it
-    # that thread's current flow once; each message then only sets its id (see invoke).
-    flow: Flow = field(default_factory=Flow)
+    # Where a handled message's workflow id is current while its handler runs: the
+    # serving thread's flow for the runtime, the calling context's inline.
+    scope: FlowScope = field(default_factory=FlowScope)
+    # Observers heard next to each connection's stats (see observe.py): called with the
+    # connection, returns the observers for it.
+    observers: Callable[[Connection], Sequence[Observer]] | None = None
     # Connects sockets whose addresses are host names to every address they resolve to
     # (None: names are left to libzmq, which connects to the first address only).
     names: NameWatch | None = None
@@ -159,6 +112,7 @@ class Connection:
     creation_argument_aliases: ClassVar[dict[str, str]] = {}
     ignored_creation_arguments: ClassVar[frozenset[str]] = frozenset()
     has_reply: ClassVar[bool] = False
+    stats_type: ClassVar[type[ConnectionStats]] = ConnectionStats  # a type's own counters
     binds: ClassVar[bool] = False  # default for the connection's socket
     # This type's defaults for ``socket_options`` keys, where they differ from
     # ``SocketOptions``'s (the creation argument still overrides them).
@@ -173,7 +127,10 @@ class Connection:
         self.model = model
         self.env = env
         self.name = model.name
-        self.stats = ConnectionStats()
+        self.stats = self.stats_type()
+        extra = env.observers(self) if env.observers is not None else ()
+        # What the connection reports to: its stats, and any observer plugged in.
+        self.observer: Observer = Observers([self.stats, *extra]) if extra else self.stats
         self._rejected_limit = RateLimit(self._REJECTED_BURST, self._REJECTED_PER_S)
         self.socket_options = SocketOptions.from_mapping(
             {**self.socket_defaults, **(model.creation_arguments.get("socket_options") or {})}
@@ -382,96 +339,39 @@ class InboundConnection(Connection):
             while time.monotonic() < deadline and reader.drain(reader.batch):
                 pass
 
-    def invoke(self, args: Any, workflow_id: str) -> Any:
-        """Run the handler with the message's workflow id as the current flow.
-
-        The serving thread's flow object is reused rather than a new one set per message
-        (a measurable share of the per-message cost): a handler sees its message's id
-        while it runs, which is what ``to_send`` and the log lines it writes need.
-        """
-        flow = self.env.flow
-        flow._id = workflow_id
-        flow.calls = 0
-        try:
-            return self.handler(args, self.env.to_send, self.env.config)
-        finally:
-            flow._id = IDLE
-
-    def log_rejected(self, error: Exception, workflow_id: str) -> None:
-        """Count a message that did not decode or validate, and log it (rate-limited,
-        the peer's text cut short and escaped)."""
-        self.stats.rejected += 1
-        limit = self._rejected_limit
-        if not limit.allow():
-            return
-        held = limit.take_held()
-        self.env.log.warning(
-            "%s: connection '%s' rejected a message [%s]: %s%s",
-            self.env.service,
-            self.name,
-            clip(workflow_id) if workflow_id else "-",
-            clip(error, ERROR_TEXT_MAX),
-            f" ({held:,} more rejected since the last such line)" if held else "",
+    def receiver(self) -> Receiver:
+        """This connection as the receiving end of the message pipeline."""
+        env = self.env
+        return Receiver(
+            service=env.service,
+            connection=self.name,
+            handler=self.handler,
+            to_send=env.to_send,
+            config=env.config,
+            observer=self.observer,
+            log=env.log,
+            returns=self.model.returns if self.has_reply else None,
+            rejected_limit=self._rejected_limit,
+            debug=env.debug,
         )
 
-    def log_failed(self, error: BaseException, workflow_id: str) -> None:
-        """Count and log a handler that raised, under the message's workflow id (the
-        error's text, which may quote the peer's input, cut short and escaped)."""
-        self.stats.failed += 1
-        token = current_flow.set(flow_of(workflow_id))
-        try:
-            self.env.log.error(
-                "%s: handler of connection '%s' raised %s: %s",
-                self.env.service,
-                self.name,
-                type(error).__name__,
-                clip(error, ERROR_TEXT_MAX),
-                exc_info=error,
-            )
-        finally:
-            current_flow.reset(token)
-
-    def one_way_handler(
+    def delivery(
         self,
-        decode: Callable[[bytes], Any],
-        workflow_id_of: Callable[[bytes], str],
-    ) -> Callable[[bytes], None]:
-        """The per-frame handler of a connection that never replies (a subscriber, a
-        puller): decode and validate, run the handler under the message's workflow id,
-        count; a frame that does not decode or validate is logged and counted as
-        rejected, a handler that raises as failed. Never raises for either.
+        answer: Callable[[Any, str | None], R],
+        refuse: Callable[[BaseException, str, str], R],
+        *,
+        check: Callable[[Any], Any] | None = None,
+    ) -> Delivery[R]:
+        """The compiled pipeline for this connection's messages (see ``pipeline.py``):
+        over sockets the codec has checked the args; inline, ``check`` does."""
+        return compile_delivery(
+            self.receiver(), answer=answer, refuse=refuse, scope=self.env.scope, check=check
+        )
 
-        ``decode(frame)`` returns an envelope with ``args`` and ``workflow_id`` or raises
-        ``DecodeError``/``ValidationError``. A closure over what it needs rather than a
-        method: this runs per message.
-        """
-        stats, env, handler = self.stats, self.env, self.handler
-        flow, to_send, config = env.flow, env.to_send, env.config
-        debug, log, service, name = env.debug, env.log, env.service, self.name
-        rejected, failed = self.log_rejected, self.log_failed
-
-        def handle(frame: bytes) -> None:
-            stats.received += 1
-            try:
-                message = decode(frame)
-            except (DecodeError, ValidationError) as error:
-                rejected(error, workflow_id_of(frame))
-                return
-            if debug:
-                log.debug("%s: handling '%s' [%s]", service, name, message.workflow_id)
-            # What invoke() does, inline: this runs for every message.
-            flow._id = message.workflow_id
-            flow.calls = 0
-            try:
-                handler(message.args, to_send, config)
-            except Exception as error:
-                failed(error, message.workflow_id)
-            else:
-                stats.handled += 1
-            finally:
-                flow._id = IDLE
-
-        return handle
+    def one_way_delivery(self) -> Delivery[None]:
+        """The pipeline of a connection that never answers (a subscriber, a puller, a
+        timer): what the handler returns is ignored, a refused message only logged."""
+        return self.delivery(_no_answer, _no_refusal)
 
     @staticmethod
     def drain_multipart(sock: zmq.Socket[Any]) -> int:
@@ -483,11 +383,80 @@ class InboundConnection(Connection):
         return extra
 
 
+def _no_answer(result: Any, workflow_id: str | None) -> None:
+    return None
+
+
+def _no_refusal(error: BaseException, text: str, workflow_id: str) -> None:
+    return None
+
+
+#: What inline ``to_send`` calls for one relation: the args -> the reply (or None).
+Route = Callable[[Any], Any]
+#: The wire's conversion for a validator: ``receiving(validator)(value)`` is ``value``
+#: when the check passes, else what a receiver would decode from it (or its error).
+Receiving = Callable[["Validator"], Callable[[Any], Any]]
+
+
+@dataclass(frozen=True)
+class InlineTarget:
+    """One inbound connection an inline relation delivers to, with the check it runs on
+    what it receives there (None: the sender's check is the very same)."""
+
+    connection: InboundConnection
+    check: Callable[[Any], Any] | None
+
+    def delivery(
+        self,
+        answer: Callable[[Any, str | None], R],
+        refuse: Callable[[BaseException, str, str], R],
+    ) -> Delivery[R]:
+        return self.connection.delivery(answer, refuse, check=self.check)
+
+
 class OutboundConnection(Connection):
     """A connection ``to_send`` uses. ``send`` validates, delivers, and returns the
-    validated reply (or ``None`` for types without one). It must be thread-safe."""
+    validated reply (or ``None`` for types without one). It must be thread-safe.
+
+    A type that links to an inbound type names it as ``peer`` (requester -> replyer):
+    topology links and inline relations take exactly that pairing, and
+    :meth:`inline_route` says what ``to_send`` does inline for a relation to one or more
+    of them. :meth:`relation_problem` refuses pairs that could never carry a message.
+    """
 
     side = "out"
+    peer: ClassVar[type[InboundConnection] | None] = None
+
+    @classmethod
+    def relation_problem(cls, out_model: ConnectionModel, in_model: ConnectionModel) -> str | None:
+        """Why a link from ``out_model`` to ``in_model`` (of the peer type) could never
+        carry a message, or None."""
+        return None
+
+    def inline_route(self, targets: Sequence[InlineTarget], receiving: Receiving) -> Route:
+        """What inline ``to_send`` does on this connection for a relation to ``targets``
+        (``receiving``: the wire's conversion, for what comes back)."""
+        raise NotImplementedError(f"{type(self).__name__} takes no inline relations")
+
+    def inline_one_way(self, targets: Sequence[InlineTarget]) -> Route:
+        """Inline, a one-way message to every target: the sender's check, then each
+        target's delivery under the same workflow id, each counting its own sends from
+        ``_1``; a target's failure stays with it (it is logged), as over the wire."""
+        check_args, args_error = self.model.args.check, self.model.args.error
+        delivers = [target.delivery(_no_answer, _no_refusal).deliver for target in targets]
+        lazy = len(delivers) == 1
+        received, handled = self.observer.on_received, self.observer.on_handled
+
+        def route(args: Any) -> None:
+            if not check_args(args):
+                raise args_error(args)
+            received()
+            workflow_id = next_workflow_id(lazy=lazy)
+            for deliver in delivers:
+                deliver(args, workflow_id)
+            handled(0)
+
+        return route
 
     def __init__(self, model: ConnectionModel, env: ConnectionEnv) -> None:
         super().__init__(model, env)

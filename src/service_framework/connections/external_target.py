@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ValidationError
+from ..pipeline import Receiver, compile_delivery
 from .base import ConnectionEnv, OutboundConnection
 
 __all__ = ["ExternalTarget", "resolve_target"]
@@ -70,12 +71,7 @@ class ExternalTarget(OutboundConnection):
         super().__init__(model, env)
         self.target: Callable[..., Any] = model.creation_arguments["target"]
         assert model.returns is not None
-        self._check_args = model.args.check
-        self._args_error = model.args.error
-        self._check_return = model.returns.check
-        self._return_error = model.returns.error
-        # A target may return None when its return model has no required keys.
-        self._none_ok = model.returns.check({})
+        self.call = self._compile()  # args -> the checked return
 
     @classmethod
     def prepare(
@@ -87,28 +83,63 @@ class ExternalTarget(OutboundConnection):
         return super().prepare(creation_arguments, namespace)
 
     def send(self, args: Any, workflow_id: str) -> Any:
-        return call_target(self, args)
+        return self.call(args)
 
+    def sender(self) -> Callable[[Any, str], Any]:
+        call = self.call
 
-def call_target(conn: ExternalTarget, args: Any) -> Any:
-    """Validate, call, validate the return. Shared by the socket runtime and inline."""
-    if not conn._check_args(args):
-        raise conn._args_error(args)
-    conn.stats.received += 1
-    if type(args) is not dict:
-        raise ValidationError(
-            "external targets are called as target(**args); args must be a dict",
-            service=conn.env.service,
-            connection=conn.name,
-            direction="args",
+        def call_target(args: Any, workflow_id: str) -> Any:
+            return call(args)
+
+        return call_target
+
+    def _compile(self) -> Callable[[Any], Any]:
+        """The call through the message pipeline: the args checked, ``target(**args)``,
+        the return checked, counted. Errors are the caller's, raised as they are (the
+        target's own exception, or the ``ValidationError``), and not logged here: the
+        caller decides. The target runs in the caller's flow (it is a plain call)."""
+        target, args_model, env = self.target, self.model.args, self.env
+        check_args, args_error = args_model.check, args_model.error
+
+        def check(args: Any) -> Any:
+            if not check_args(args):
+                raise args_error(args)
+            if type(args) is not dict:
+                raise ValidationError(
+                    "external targets are called as target(**args); args must be a dict",
+                    service=env.service,
+                    connection=self.name,
+                    direction="args",
+                )
+            return args
+
+        def handler(args: Any, to_send: Any, config: Any) -> Any:
+            return target(**args)
+
+        def answer(result: Any, workflow_id: str | None) -> Any:
+            return result
+
+        def refuse(error: BaseException, text: str, workflow_id: str) -> Any:
+            raise error
+
+        receiver = Receiver(
+            service=env.service,
+            connection=self.name,
+            handler=handler,
+            to_send=env.to_send,
+            config=env.config,
+            observer=self.observer,
+            log=env.log,
+            returns=self.model.returns,
+            logs=False,
         )
-    try:
-        result = conn.target(**args)
-    except Exception:
-        conn.stats.failed += 1
-        raise
-    if not conn._check_return(result) and not (result is None and conn._none_ok):
-        conn.stats.failed += 1
-        raise conn._return_error(result)
-    conn.stats.handled += 1
-    return result
+        deliver = compile_delivery(
+            receiver, answer=answer, refuse=refuse, scope=None, check=check
+        ).deliver
+        received = self.observer.on_received
+
+        def call(args: Any) -> Any:
+            received()
+            return deliver(args, None)
+
+        return call

@@ -28,14 +28,18 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from ..codec import PublishCodec
 from ..transport import sender_of
-from .base import ConnectionEnv, OutboundConnection
+
+if TYPE_CHECKING:
+    from ..models import ConnectionModel
+from .base import ConnectionEnv, InlineTarget, OutboundConnection, Receiving, Route
+from .subscriber import Subscriber
 
 __all__ = ["Publisher"]
 
@@ -240,3 +244,21 @@ class Publisher(OutboundConnection):
             stats.handled += 1
 
         return publish
+
+    peer = Subscriber
+
+    @classmethod
+    def relation_problem(cls, out_model: ConnectionModel, in_model: ConnectionModel) -> str | None:
+        published = out_model.creation_arguments.get("topic") or ""
+        wanted = in_model.creation_arguments.get("topic") or ""
+        if wanted and wanted != published:
+            return (
+                f"{in_model.service}.{in_model.name} subscribes to topic {wanted!r} but "
+                f"{out_model.service}.{out_model.name} publishes on {published!r}: it would "
+                "never receive a message"
+            )
+        return None
+
+    def inline_route(self, targets: Sequence[InlineTarget], receiving: Receiving) -> Route:
+        """Inline, a published message is delivered to every related subscriber."""
+        return self.inline_one_way(targets)

@@ -19,7 +19,7 @@ from typing import Any
 import zmq
 
 from ..codec import PublishCodec
-from ..errors import DecodeError
+from ..errors import DecodeError, ValidationError
 from .base import ConnectionEnv, InboundConnection, Reader, socket_reader
 
 __all__ = ["Puller"]
@@ -50,22 +50,29 @@ class Puller(InboundConnection):
     def readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        deliver = self.one_way_handler(self.codec.decode, self.codec.workflow_id_of)
+        received, decode, workflow_id_of = (
+            self.observer.on_received,
+            self.codec.decode,
+            self.codec.workflow_id_of,
+        )
+        deliver, reject = self.one_way_delivery()
         # Unlike a subscriber's, a multi-frame message never runs the handler: a pusher
         # hands each message to one puller only, so what it meant must not be half-done.
         # pyzmq's compiled getsockopt, bound once: about a microsecond per message.
         more, rcvmore = sock.get, zmq.RCVMORE
 
         def handle(frame: bytes) -> None:
+            received()
             if more(rcvmore):
-                self._refuse_multipart(sock, frame)
+                extra = self.drain_multipart(sock)
+                error = DecodeError(f"a message must be a single frame (got {extra + 1})")
+                reject(error, workflow_id_of(frame))
                 return
-            deliver(frame)
+            try:
+                message = decode(frame)
+            except (DecodeError, ValidationError) as error:
+                reject(error, workflow_id_of(frame))
+                return
+            deliver(message.args, message.workflow_id)
 
         return (socket_reader(sock, handle, batch=256),)
-
-    def _refuse_multipart(self, sock: zmq.Socket[Any], frame: bytes) -> None:
-        self.stats.received += 1
-        extra = self.drain_multipart(sock)
-        error = DecodeError(f"a message must be a single frame (got {extra + 1})")
-        self.log_rejected(error, self.codec.workflow_id_of(frame))

@@ -14,7 +14,8 @@ message whose frame is over ``max_message_bytes`` is refused before anything is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -22,7 +23,15 @@ import zmq
 from ..codec import PublishCodec
 from ..errors import RequestTimeout
 from ..transport import sender_of
-from .base import ConnectionEnv, OutboundConnection, check_timeout
+from .base import (
+    ConnectionEnv,
+    InlineTarget,
+    OutboundConnection,
+    Receiving,
+    Route,
+    check_timeout,
+)
+from .puller import Puller
 
 __all__ = ["Pusher"]
 
@@ -124,3 +133,16 @@ class Pusher(OutboundConnection):
             stats.handled += 1
 
         return push
+
+    peer = Puller
+
+    def inline_route(self, targets: Sequence[InlineTarget], receiving: Receiving) -> Route:
+        """Inline, each pushed message goes to one related puller, taking them in turn
+        (the wire round-robins over the connected pullers)."""
+        routes = itertools.cycle([self.inline_one_way([target]) for target in targets])
+        take = routes.__next__
+
+        def route(args: Any) -> None:
+            take()(args)
+
+        return route

@@ -23,7 +23,7 @@ import zmq
 
 from ..codec import MessageCodec
 from ..errors import DecodeError, ValidationError
-from ..logs import ERROR_TEXT_MAX, clip
+from ..pipeline import Delivery
 from ..transport import sender_of
 from .base import ConnectionEnv, InboundConnection, Reader, socket_reader
 
@@ -56,11 +56,6 @@ class Replyer(InboundConnection):
         self.codec = MessageCodec(
             model.args, model.returns, max_bytes=self.socket_options.max_message_bytes
         )
-        self._check_return = model.returns.check
-        self._return_error = model.returns.error
-        # A handler may return None when its return model has no required keys.
-        self._none_ok = model.returns.check({})
-        self._max_bytes = self.socket_options.max_message_bytes
         self.socket: zmq.Socket[Any] | None = None
 
     def open(self, addresses: Mapping[str, Any]) -> None:
@@ -74,7 +69,9 @@ class Replyer(InboundConnection):
     def readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        stats, respond, send = self.stats, self.respond, sender_of(sock)
+        received, send = self.observer.on_received, sender_of(sock)
+        decode, workflow_id_of = self.codec.decode_request, self.codec.workflow_id_of
+        deliver, reject = self.wire_delivery()
         # pyzmq's compiled getsockopt, bound once: about a microsecond per request, the
         # cheapest way a REP socket tells that more frames follow (a zero-copy Frame's
         # ``more`` costs more, and a probing recv raises). The check has to come before
@@ -82,24 +79,43 @@ class Replyer(InboundConnection):
         more, rcvmore = sock.get, zmq.RCVMORE
 
         def handle(frame: bytes) -> None:
-            stats.received += 1
+            received()
             if more(rcvmore):
-                send(self._refuse_multipart(sock, frame))
+                # REP replies only once the whole request is read; the handler never
+                # sees it (see the module docstring).
+                self.drain_multipart(sock)
+                send(reject(DecodeError("a request must be a single frame"), workflow_id_of(frame)))
                 return
-            send(respond(frame))
+            try:
+                request = decode(frame)
+            except (DecodeError, ValidationError) as error:
+                send(reject(error, workflow_id_of(frame)))
+                return
+            send(deliver(request.args, request.workflow_id))
 
         # One request per poll turn: a REP socket holds the next request only after the
         # reply, and probing for it (a raised zmq.Again) costs more than polling again.
         return (socket_reader(sock, handle, batch=1),)
 
-    def _refuse_multipart(self, sock: zmq.Socket[Any], frame: bytes) -> bytes:
-        """Read the rest of a multi-frame request (REP replies only once it is all read)
-        and return the error reply; the handler never sees it."""
-        self.drain_multipart(sock)
-        workflow_id = self.codec.workflow_id_of(frame)
-        error = DecodeError("a request must be a single frame")
-        self.log_rejected(error, workflow_id)
-        return self.codec.encode_error("DecodeError", str(error), workflow_id)
+    def wire_delivery(self) -> Delivery[bytes]:
+        """The pipeline with the reply frames as its answers: the encoded reply, or an
+        error reply for a request refused."""
+        codec, max_bytes = self.codec, self.socket_options.max_message_bytes
+        encode_reply, encode_error = codec.encode_reply, codec.encode_error
+
+        def answer(result: Any, workflow_id: str | None) -> bytes:
+            # Over sockets every message carries its id (None is for inline calls only).
+            reply = encode_reply({} if result is None else result, workflow_id)  # type: ignore[arg-type]
+            if len(reply) > max_bytes:
+                # The requester's socket (same limit) would drop the connection on this
+                # reply: its caller would see a timeout, and a retry run the handler again.
+                raise self.too_large(len(reply), "reply", "return_args")
+            return reply
+
+        def refuse(error: BaseException, text: str, workflow_id: str) -> bytes:
+            return encode_error(type(error).__name__, text, workflow_id)
+
+        return self.delivery(answer, refuse)
 
     def finish(self, deadline: float) -> None:
         super().finish(deadline)
@@ -119,7 +135,7 @@ class Replyer(InboundConnection):
         if sock is None:
             return
         message = f"{self.env.service}: stopping; the request was not handled"
-        stats, codec = self.stats, self.codec
+        observer, codec = self.observer, self.codec
         refused = 0
         until = time.monotonic() + self.REFUSE_S
         while (left := until - time.monotonic()) > 0:
@@ -131,8 +147,8 @@ class Replyer(InboundConnection):
                 if not sock.poll(int(min(self.QUIET_S, left) * 1000) + 1, zmq.POLLIN):
                     break
                 continue
-            stats.received += 1
-            stats.rejected += 1
+            observer.on_received()
+            observer.on_rejected()
             refused += 1
             self.drain_multipart(sock)
             workflow_id = codec.workflow_id_of(frame)
@@ -145,34 +161,3 @@ class Replyer(InboundConnection):
                 self.name,
                 refused,
             )
-
-    def respond(self, frame: bytes) -> bytes:
-        """The reply frame for one request frame. Never raises."""
-        codec = self.codec
-        try:
-            request = codec.decode_request(frame)
-        except (DecodeError, ValidationError) as error:
-            workflow_id = codec.workflow_id_of(frame)
-            self.log_rejected(error, workflow_id)
-            return codec.encode_error(type(error).__name__, str(error), workflow_id)
-        workflow_id = request.workflow_id
-        if self.env.debug:
-            self.env.log.debug("%s: handling '%s' [%s]", self.env.service, self.name, workflow_id)
-        try:
-            result = self.invoke(request.args, workflow_id)
-            if result is None and self._none_ok:
-                result = {}
-            if not self._check_return(result):
-                raise self._return_error(result)
-            reply = codec.encode_reply(result, workflow_id)
-            if len(reply) > self._max_bytes:
-                # The requester's socket (same limit) would drop the connection on this
-                # reply: its caller would see a timeout, and a retry run the handler again.
-                raise self.too_large(len(reply), "reply", "return_args")
-        except Exception as error:
-            self.log_failed(error, workflow_id)
-            # clip, not str(): a handler's exception whose __str__ fails still gets a reply.
-            text = clip(error, ERROR_TEXT_MAX)
-            return codec.encode_error(type(error).__name__, text, workflow_id)
-        self.stats.handled += 1
-        return reply

@@ -14,7 +14,7 @@ retried idempotent, or keep ``retries`` at 0 (the default).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import zmq
@@ -22,7 +22,16 @@ import zmq
 from ..codec import MessageCodec
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
 from ..transport import send_bytes
-from .base import ConnectionEnv, OutboundConnection, check_timeout
+from ..workflow import next_workflow_id
+from .base import (
+    ConnectionEnv,
+    InlineTarget,
+    OutboundConnection,
+    Receiving,
+    Route,
+    check_timeout,
+)
+from .replyer import Replyer
 
 if TYPE_CHECKING:
     from ..monitoring import RequesterWatch
@@ -295,3 +304,69 @@ class Requester(OutboundConnection):
         result = decoded.return_args
         self.stats.handled += 1
         return result
+
+    def inline_route(self, targets: Sequence[InlineTarget], receiving: Receiving) -> Route:
+        """Inline, a request runs its replyer's delivery in the calling thread and gets
+        what the wire would give: the checked reply, or a ``RemoteError`` naming this
+        connection and the request's workflow id. Several related replyers are each
+        delivered to, under one workflow id; exactly one may reply."""
+        args_model, returns = self.model.args, self.model.returns
+        assert returns is not None
+        check_args, args_error = args_model.check, args_model.error
+        where, service, name = self.where(), self.env.service, self.name
+
+        def refuse(error: BaseException, text: str, workflow_id: str) -> Any:
+            raise RemoteError(
+                type(error).__name__, text, connection=where, workflow_id=workflow_id
+            ) from error
+
+        delivers = [target.delivery(_as_given, refuse).deliver for target in targets]
+        # The reply is checked against this connection's model as the wire would (the
+        # replyer's own check ran in its delivery) - unless the one replyer's return
+        # model is the very same function, when once is enough.
+        single = delivers[0] if len(delivers) == 1 else None
+        same_check = (
+            single is not None
+            and targets[0].connection.model.returns is not None
+            and (targets[0].connection.model.returns.check is returns.check)
+        )
+        check_reply = None if same_check else receiving(returns)
+
+        def several(args: Any, workflow_id: str | None) -> Any:
+            replies = [deliver(args, workflow_id) for deliver in delivers]
+            given = [reply for reply in replies if reply is not None]
+            if len(given) > 1:
+                raise RuntimeError(
+                    f"{service}.{name} is related to {len(given)} handlers that each "
+                    "returned a reply; a request gets exactly one reply"
+                )
+            return given[0] if given else None
+
+        call = single if single is not None else several
+        observer = self.observer
+        received, handled, failed = observer.on_received, observer.on_handled, observer.on_failed
+
+        def route(args: Any) -> Any:
+            if not check_args(args):
+                raise args_error(args)
+            received()
+            try:
+                # One replyer: a new workflow's id is made only if something reads it.
+                result = call(args, next_workflow_id(lazy=single is not None))
+                if result is None:
+                    result = {}
+                if check_reply is not None:
+                    result = check_reply(result)
+            except Exception:
+                failed(0)
+                raise
+            handled(0)
+            return result
+
+        return route
+
+    peer = Replyer
+
+
+def _as_given(result: Any, workflow_id: str | None) -> Any:
+    return result

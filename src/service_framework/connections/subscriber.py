@@ -28,9 +28,8 @@ import zmq
 
 from ..codec import PublishCodec
 from ..errors import DecodeError, ValidationError
-from ..logs import clip
-from ..workflow import IDLE
-from .base import ConnectionEnv, InboundConnection, RateLimit, Reader, socket_reader
+from ..logs import RateLimit, clip
+from .base import ConnectionEnv, InboundConnection, Reader, socket_reader
 
 __all__ = ["Subscriber"]
 
@@ -73,9 +72,9 @@ class _Gaps:
         expected[publisher] = seq + 1
 
     def missed(self, publisher: str, count: int) -> None:
-        stats = self.connection.stats
-        stats.missed += count
-        stats.gaps += 1
+        observer = self.connection.observer
+        observer.count("missed", count)
+        observer.count("gaps")
         self.pending[publisher] = self.pending.get(publisher, 0) + count
         if time.monotonic() >= self.log_after:
             self.report()
@@ -174,10 +173,12 @@ class Subscriber(InboundConnection):
     def _build_readers(self) -> tuple[Reader, ...]:
         sock = self.socket
         assert sock is not None
-        stats, decode, codec = self.stats, self.codec.decode, self.codec
-        env, handler = self.env, self.handler
-        flow, to_send, config = env.flow, env.to_send, env.config
-        debug, log, service, name = env.debug, env.log, env.service, self.name
+        received, decode, workflow_id_of = (
+            self.observer.on_received,
+            self.codec.decode,
+            self.codec.workflow_id_of,
+        )
+        deliver, reject = self.one_way_delivery()
         switch = self.gaps.switch
         # The publisher heard last and the number its next message should carry.
         last, expected = "", 0
@@ -187,11 +188,11 @@ class Subscriber(InboundConnection):
             # Frames are taken one by one (asking each for RCVMORE would cost more than
             # the rest of the bare receive): the extra frames of a multi-frame message
             # are rejected in turn, as frames that do not decode.
-            stats.received += 1
+            received()
             try:
                 message = decode(frame)
             except (DecodeError, ValidationError) as error:
-                self.log_rejected(error, codec.workflow_id_of(frame))
+                reject(error, workflow_id_of(frame))
                 return
             seq = message.seq
             if seq == expected and message.publisher == last:
@@ -199,19 +200,7 @@ class Subscriber(InboundConnection):
             elif seq >= 0:  # -1: a frame without a number
                 switch(message.publisher, seq, last, expected)
                 last, expected = message.publisher, seq + 1
-            if debug:
-                log.debug("%s: handling '%s' [%s]", service, name, message.workflow_id)
-            # What invoke() does, inline: this runs for every published message.
-            flow._id = message.workflow_id
-            flow.calls = 0
-            try:
-                handler(message.args, to_send, config)
-            except Exception as error:
-                self.log_failed(error, message.workflow_id)
-            else:
-                stats.handled += 1
-            finally:
-                flow._id = IDLE
+            deliver(message.args, message.workflow_id)
 
         return (socket_reader(sock, handle, batch=256),)
 

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ModelError
+from ..observe import ConnectionStats
 from ..workflow import new_workflow_id
-from .base import ConnectionEnv, ConnectionStats, InboundConnection, Reader
+from .base import ConnectionEnv, InboundConnection, Reader
 
 __all__ = ["Timer", "TimerStats"]
 
@@ -54,6 +55,8 @@ class Timer(InboundConnection):
     address_keys = ()
     required_creation_arguments = {"connection_function": Callable, "interval_s": float | int}
     optional_creation_arguments = {"eager": bool, "jitter_s": float | int}
+    stats_type = TimerStats
+    stats: TimerStats
 
     def __init__(self, model: Any, env: ConnectionEnv) -> None:
         super().__init__(model, env)
@@ -69,10 +72,10 @@ class Timer(InboundConnection):
         self.interval_s = float(creation["interval_s"])
         self.eager = bool(creation.get("eager", False))
         self.jitter_s = float(creation.get("jitter_s", 0) or 0)
-        self.stats: TimerStats = TimerStats()
         self._first = 0.0  # the time of tick 0
         self._tick = 0  # the index of the next tick
         self._next = math.inf  # when it is due (its schedule time plus its jitter)
+        self._deliver = self.one_way_delivery().deliver
 
     @classmethod
     def prepare(
@@ -111,22 +114,13 @@ class Timer(InboundConnection):
         """Run the tick that is due, if any; then schedule the first tick still ahead."""
         if time.monotonic() < self._next:
             return 0
-        self.stats.received += 1
-        workflow_id = new_workflow_id()
-        if self.env.debug:
-            self.env.log.debug(
-                "%s: timer '%s' ticks [%s]", self.env.service, self.name, workflow_id
-            )
-        try:
-            self.invoke({}, workflow_id)
-        except Exception as error:
-            self.log_failed(error, workflow_id)
-        else:
-            self.stats.handled += 1
+        self.observer.on_received()
+        self._deliver({}, new_workflow_id())
         # Ticks whose time passed while this one ran are skipped, not run in a burst.
         behind = (time.monotonic() - self._first) / self.interval_s
         upcoming = max(self._tick + 1, math.floor(behind) + 1)
-        self.stats.skipped += upcoming - self._tick - 1
+        if upcoming > self._tick + 1:
+            self.observer.count("skipped", upcoming - self._tick - 1)
         self._tick = upcoming
         self._schedule()
         return 1

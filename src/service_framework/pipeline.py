@@ -1,0 +1,215 @@
+"""What happens to one received message, written once.
+
+Every inbound connection type (over sockets), every inline relation and every external
+target delivers through :func:`compile_delivery`::
+
+    check -> flow scope -> handler -> return rules -> return check -> answer
+                                  \\-> typed error (logged, counted) -> refuse
+
+* **check**: over sockets the codec decodes and validates in one pass before delivery
+  (a message that fails goes to :meth:`Delivery.reject`); inline, the receiver's own
+  check runs here, converting what the wire would convert.
+* **flow scope**: the message's workflow id is the current flow while the handler runs
+  (``workflow.FlowScope``); a failure's log line carries it.
+* **return rules**: a connection that replies accepts ``None`` only when its return model
+  has no required keys, then checks the return against that model; a one-way
+  connection ignores what the handler returns.
+* **typed errors**: a message that fails its check is *rejected* (counted, logged at a
+  limited rate, the peer's text cut short); a handler that raises, or returns what its
+  model refuses, has *failed* (counted, logged with its traceback under the message's
+  workflow id). Either way ``refuse(error, text, workflow_id)`` says what the sender
+  gets: an error reply, a ``RemoteError``, nothing, or the error itself.
+
+The connection keeps only its socket and framing: it decodes, counts what it took off
+the wire (``on_received``), and sends what ``answer`` or ``refuse`` returned.
+Everything is bound once, at start-up: delivering one message is two calls deep (the
+flow scope, then this module's body) before the handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from .errors import DecodeError, ValidationError
+from .logs import ERROR_TEXT_MAX, RateLimit, clip
+from .observe import Observer
+from .validation import Validator
+from .workflow import FlowScope, current_flow, flow_of
+
+__all__ = ["Delivery", "Receiver", "compile_delivery"]
+
+R = TypeVar("R")
+
+Handler = Callable[[Any, Any, Mapping[str, Any]], Any]
+#: ``refuse(error, text, workflow_id)``: what the sender gets for a refused message.
+Refuse = Callable[[BaseException, str, str], R]
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """The receiving end a delivery runs: whose handler, under which names, counted by
+    which observer. One per inbound connection (shared by its deliveries)."""
+
+    service: str
+    connection: str
+    handler: Handler
+    to_send: Any
+    config: Mapping[str, Any]
+    observer: Observer
+    log: logging.Logger
+    # The return model of a connection that replies; None: one-way, the return ignored.
+    returns: Validator | None = None
+    # Whether failures and rejections are logged here (an external target's caller gets
+    # the error itself and decides).
+    logs: bool = True
+    # Rejection lines a peer can trigger: rate-limited, shared by all its deliveries.
+    rejected_limit: RateLimit | None = None
+    debug: bool = False
+
+
+class Delivery(NamedTuple, Generic[R]):
+    """One compiled delivery: ``deliver(args, workflow_id)`` for a message whose args
+    passed (or, inline, are about to pass) the check, ``reject(error, workflow_id)`` for
+    one that did not decode or validate. Neither raises unless ``answer``/``refuse``
+    does."""
+
+    deliver: Callable[[Any, str | None], R]
+    reject: Callable[[Exception, str], R]
+
+
+def compile_delivery(
+    receiver: Receiver,
+    *,
+    answer: Callable[[Any, str | None], R],
+    refuse: Refuse[R],
+    scope: FlowScope | None,
+    check: Callable[[Any], Any] | None = None,
+) -> Delivery[R]:
+    """Bind everything one delivery needs (see the module docstring).
+
+    ``answer(result, workflow_id)`` turns the checked result (``None`` for a one-way
+    connection, or an allowed ``None`` reply) into what the sender gets; it may raise
+    (a reply too large to send), which counts as a failure. ``check(args)`` returns the
+    args as the handler gets them or raises ``ValidationError``/``DecodeError``; None
+    when the codec has checked them. ``scope`` None: the handler runs in the caller's
+    flow (an external target, which is a plain call).
+    """
+    handler, to_send, config = receiver.handler, receiver.to_send, receiver.config
+    observer, returns = receiver.observer, receiver.returns
+    handled, failed_count, rejected_count = (
+        observer.on_handled,
+        observer.on_failed,
+        observer.on_rejected,
+    )
+    check_return = returns.check if returns is not None else None
+    return_error = returns.error if returns is not None else None
+    none_ok = returns is not None and returns.check({})
+    one_way = returns is None
+    now = time.perf_counter_ns
+    log_failure = _failure_logger(receiver)
+    log_rejection = _rejection_logger(receiver)
+    current_id = scope.current_id if scope is not None else _no_id
+    debug, log, service, name = receiver.debug, receiver.log, receiver.service, receiver.connection
+
+    def reject(error: Exception, workflow_id: str) -> R:
+        rejected_count()
+        log_rejection(error, workflow_id)
+        return refuse(error, str(error), workflow_id)
+
+    def body(args: Any, workflow_id: str | None) -> R:
+        if check is not None:
+            try:
+                args = check(args)
+            except (DecodeError, ValidationError) as error:
+                return reject(error, current_id())
+        if debug:
+            log.debug("%s: handling '%s' [%s]", service, name, current_id())
+        started = now()
+        try:
+            result = handler(args, to_send, config)
+            if one_way:
+                result = None
+            elif result is None:
+                if not none_ok:
+                    raise return_error(None)  # type: ignore[misc]
+            elif not check_return(result):  # type: ignore[misc]
+                raise return_error(result)  # type: ignore[misc]
+            reply = answer(result, workflow_id)
+        except Exception as error:
+            failed_count(now() - started)
+            wid = current_id()
+            log_failure(error, wid)
+            # clip, not str(): an exception whose __str__ fails still gets an answer.
+            return refuse(error, clip(error, ERROR_TEXT_MAX), wid)
+        handled(now() - started)
+        return reply
+
+    deliver = scope.wrap(body) if scope is not None else body
+    return Delivery(deliver, reject)
+
+
+def _no_id() -> str:
+    return ""
+
+
+def _failure_logger(receiver: Receiver) -> Callable[[BaseException, str], None]:
+    """Log a handler that raised, under its message's workflow id, with the traceback
+    (the error's text, which may quote the peer's input, cut short and escaped)."""
+    if not receiver.logs:
+        return _silent
+    log, service, name = receiver.log, receiver.service, receiver.connection
+
+    def log_failure(error: BaseException, workflow_id: str) -> None:
+        # Within the flow scope the current flow already carries the id; outside one
+        # (a failure answered after the scope), set it for the log line.
+        flow = current_flow.get()
+        token = None
+        if flow is None or flow._id != workflow_id:
+            token = current_flow.set(flow_of(workflow_id))
+        try:
+            log.error(
+                "%s: handler of connection '%s' raised %s: %s",
+                service,
+                name,
+                type(error).__name__,
+                clip(error, ERROR_TEXT_MAX),
+                exc_info=error,
+            )
+        finally:
+            if token is not None:
+                current_flow.reset(token)
+
+    return log_failure
+
+
+def _rejection_logger(receiver: Receiver) -> Callable[[Exception, str], None]:
+    """Log a message that did not decode or validate: rate-limited (a peer sending
+    garbage as fast as it can must not write the log as fast), the peer's text cut
+    short and escaped. The counts stay exact."""
+    if not receiver.logs:
+        return _silent
+    log, service, name = receiver.log, receiver.service, receiver.connection
+    limit = receiver.rejected_limit or RateLimit(20, 5.0)
+
+    def log_rejection(error: Exception, workflow_id: str) -> None:
+        if not limit.allow():
+            return
+        held = limit.take_held()
+        log.warning(
+            "%s: connection '%s' rejected a message [%s]: %s%s",
+            service,
+            name,
+            clip(workflow_id) if workflow_id else "-",
+            clip(error, ERROR_TEXT_MAX),
+            f" ({held:,} more rejected since the last such line)" if held else "",
+        )
+
+    return log_rejection
+
+
+def _silent(error: BaseException, workflow_id: str) -> None:
+    pass
