@@ -234,6 +234,7 @@ class InlineServices:
             to_send=service.to_send,
             scope=FlowScope(),  # inline calls nest in the calling thread's flow
             log=logging.getLogger(f"service_framework.service.{name}"),
+            timed=False,
         )
         for conn_name, model in prepared.models.inbound.items():
             in_conn = model.kind(model, env)

@@ -30,6 +30,7 @@ _R = TypeVar("_R")
 
 __all__ = [
     "IDLE",
+    "NEXT_CALL",
     "WORKFLOW_ID_MAX_CHARS",
     "Flow",
     "FlowScope",
@@ -81,6 +82,8 @@ class Flow:
 
 
 IDLE = "-"  # the id of a flow when no message is being handled
+#: For FlowScope.wrap: "the next call of the current flow", worked out by the scope.
+NEXT_CALL: Final = "<next call>"
 
 WORKFLOW_ID_MAX_CHARS: Final = 256  # the longest id a receiver accepts
 _FOLD_KEEP: Final = 160  # characters of an over-long id kept when it is folded
@@ -130,14 +133,13 @@ def outgoing_flow() -> Flow:
     return Flow() if flow is None or flow._id is IDLE else flow.child()
 
 
-def next_workflow_id(*, lazy: bool = False) -> str | None:
+def next_workflow_id() -> str:
     """The id of a message about to be sent from the current context: the next call id
-    of the message being handled, or outside any handler a new workflow's - ``None``
-    when ``lazy`` (a :class:`FlowScope` then makes it only if something reads it)."""
+    of the message being handled, or outside any handler a new workflow's."""
     flow = current_flow.get()
     if flow is not None and flow._id is not IDLE:
         return flow.next_call_id()
-    return None if lazy else new_workflow_id()
+    return new_workflow_id()
 
 
 def install_flow() -> Flow:
@@ -172,12 +174,18 @@ class FlowScope:
     def wrap(self, body: Callable[[Any, str | None], _R]) -> Callable[[Any, str | None], _R]:
         """``body(value, workflow_id)``, run with ``workflow_id`` as the current flow's id
         (its send counter from 0) and the previous id and counter restored after. An id
-        of ``None`` starts a new workflow whose id is made only if something reads it."""
+        of ``None`` starts a new workflow whose id is made only if something reads it;
+        :data:`NEXT_CALL` is the id of the next message the current one sends (an inline
+        call, delivered in the caller's own flow)."""
         fixed = self._flow
         get_flow = current_flow.get
 
         def scoped(value: Any, workflow_id: str | None) -> _R:
             flow = fixed if fixed is not None else (get_flow() or install_flow())
+            if workflow_id is NEXT_CALL:
+                # The next call of the message this flow is handling (counted before the
+                # flow is saved), or outside any handler a new workflow, made if read.
+                workflow_id = flow.next_call_id() if flow._id is not IDLE else None
             saved_id, saved_calls = flow._id, flow.calls
             flow._id = workflow_id
             flow.calls = 0

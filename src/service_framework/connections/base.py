@@ -39,7 +39,7 @@ from ..names import host_name_of
 from ..observe import ConnectionStats, Observer, Observers
 from ..pipeline import Delivery, R, Receiver, compile_delivery
 from ..transport import SocketOptions, bind_or_connect, parse_endpoints
-from ..workflow import FlowScope, next_workflow_id
+from ..workflow import NEXT_CALL, FlowScope, next_workflow_id
 
 if TYPE_CHECKING:
     from ..models import ConnectionModel
@@ -98,6 +98,9 @@ class ConnectionEnv:
     # Connects sockets whose addresses are host names to every address they resolve to
     # (None: names are left to libzmq, which connects to the first address only).
     names: NameWatch | None = None
+    # Whether the pipeline measures handling times (inline calls, which run in their
+    # caller's time, are not measured).
+    timed: bool = True
 
 
 class Connection:
@@ -353,6 +356,7 @@ class InboundConnection(Connection):
             returns=self.model.returns if self.has_reply else None,
             rejected_limit=self._rejected_limit,
             debug=env.debug,
+            timed=env.timed,
         )
 
     def delivery(
@@ -444,17 +448,16 @@ class OutboundConnection(Connection):
         ``_1``; a target's failure stays with it (it is logged), as over the wire."""
         check_args, args_error = self.model.args.check, self.model.args.error
         delivers = [target.delivery(_no_answer, _no_refusal).deliver for target in targets]
-        lazy = len(delivers) == 1
-        received, handled = self.observer.on_received, self.observer.on_handled
+        one = len(delivers) == 1
 
         def route(args: Any) -> None:
             if not check_args(args):
                 raise args_error(args)
-            received()
-            workflow_id = next_workflow_id(lazy=lazy)
+            # One target: its flow scope works out the id (see FlowScope.wrap); several
+            # share one, made here.
+            workflow_id = NEXT_CALL if one else next_workflow_id()
             for deliver in delivers:
                 deliver(args, workflow_id)
-            handled(0)
 
         return route
 

@@ -22,7 +22,7 @@ import zmq
 from ..codec import MessageCodec
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
 from ..transport import send_bytes
-from ..workflow import next_workflow_id
+from ..workflow import NEXT_CALL, next_workflow_id
 from .base import (
     ConnectionEnv,
     InlineTarget,
@@ -343,25 +343,17 @@ class Requester(OutboundConnection):
             return given[0] if given else None
 
         call = single if single is not None else several
-        observer = self.observer
-        received, handled, failed = observer.on_received, observer.on_handled, observer.on_failed
+        one = single is not None
 
         def route(args: Any) -> Any:
             if not check_args(args):
                 raise args_error(args)
-            received()
-            try:
-                # One replyer: a new workflow's id is made only if something reads it.
-                result = call(args, next_workflow_id(lazy=single is not None))
-                if result is None:
-                    result = {}
-                if check_reply is not None:
-                    result = check_reply(result)
-            except Exception:
-                failed(0)
-                raise
-            handled(0)
-            return result
+            # One replyer: its flow scope works out the id (see FlowScope.wrap); several
+            # share one, made here.
+            result = call(args, NEXT_CALL if one else next_workflow_id())
+            if result is None:
+                result = {}
+            return result if check_reply is None else check_reply(result)
 
         return route
 
