@@ -6,6 +6,9 @@ asserts the same outcome - return value, exception type and message - in both mo
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import re
 import types
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -13,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from conftest import after_markers, sync
+from conftest import after_markers, sync, wait_until
 from service_framework import InlineServices, RemoteError, ValidationError
+from service_framework.workflow import current_workflow_id
 
 SERVER = """
 import queue
@@ -46,6 +50,14 @@ def on_fill(args, to_send, config):
     if args['n'] < 0:
         raise RuntimeError('subscriber failure')
 
+work = queue.Queue()
+
+def on_work(args, to_send, config):
+    work.put(args)
+    if args['n'] < 0:
+        raise RuntimeError('puller failure')
+    return 'ignored: a puller never replies'
+
 from decimal import Decimal
 connection_models = {
     'in': {
@@ -66,6 +78,11 @@ connection_models = {
             'connection_type': 'subscriber',
             'required_creation_arguments': {'connection_function': on_fill},
             'optional_creation_arguments': {'topic': 'fills', 'is_binder': True},
+            'required_arguments': {'n': int},
+        },
+        'work': {
+            'connection_type': 'puller',
+            'required_creation_arguments': {'connection_function': on_work},
             'required_arguments': {'n': int},
         },
     }
@@ -105,16 +122,38 @@ CLIENT_MODELS: dict[str, Any] = {
             },
             "required_arguments": {"n": int},
         },
+        "work": {
+            "connection_type": "pusher",
+            "optional_creation_arguments": {"timeout_s": 5},
+            "required_arguments": {"n": int},
+            "optional_arguments": {"note": str},
+        },
     }
 }
 
 
 class Harness:
-    """``send(connection, args)`` from the client; ``server`` is the server module."""
+    """``send(connection, args)`` from the client; ``server`` is the server module,
+    ``stats()`` its connections' counters, ``lines`` what the server logged (each line's
+    text and the workflow id it was logged under)."""
 
     send: Callable[[str, Any], Any]
     server: Any
     mode: str
+    stats: Callable[[], dict[str, Any]]
+    lines: list[tuple[str, str | None]]
+
+
+class _Lines(logging.Handler):
+    """The server's log lines: text and the workflow id current when each was logged
+    (the serving thread's over sockets, the calling thread's inline)."""
+
+    def __init__(self, lines: list[tuple[str, str | None]]) -> None:
+        super().__init__(logging.INFO)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append((record.getMessage(), current_workflow_id()))
 
 
 SYNC_MARKER = {"n": 0}  # published until the subscription is in place (sockets mode)
@@ -124,6 +163,11 @@ SYNC_MARKER = {"n": 0}  # published until the subscription is in place (sockets 
 def harness(request, write_service, run_service, client) -> Iterator[Harness]:
     harness = Harness()
     harness.mode = request.param
+    harness.lines = []
+    lines = _Lines(harness.lines)
+    server_log = logging.getLogger("service_framework.service.server")
+    server_log.addHandler(lines)
+    request.addfinalizer(lambda: server_log.removeHandler(lines))
     server_path = write_service("server", SERVER)
     if request.param == "sockets":
         server = run_service(
@@ -133,6 +177,7 @@ def harness(request, write_service, run_service, client) -> Iterator[Harness]:
                     "quote": {"replyer": "127.0.0.1:0"},
                     "measure": {"replyer": "127.0.0.1:0"},
                     "fills": {"subscriber": "127.0.0.1:0"},
+                    "work": {"puller": "127.0.0.1:0"},
                 }
             },
         )
@@ -144,11 +189,15 @@ def harness(request, write_service, run_service, client) -> Iterator[Harness]:
                     "narrow": {"requester": server.address("quote")},
                     "measure": {"requester": server.address("measure")},
                     "fills": {"publisher": server.address("fills")},
+                    "work": {"pusher": server.address("work")},
                 }
             },
         )
         harness.send = runtime.to_send  # type: ignore[assignment]
         harness.server = server.module
+        harness.stats = lambda: {
+            name: dataclasses.asdict(stats) for name, stats in server.runtime.stats().items()
+        }
         sync(lambda args: runtime.to_send("fills", args), server.module.fills, SYNC_MARKER)
         yield harness
         return
@@ -163,20 +212,34 @@ def harness(request, write_service, run_service, client) -> Iterator[Harness]:
     services.add_relation("client", "narrow", "server", "quote")
     services.add_relation("client", "measure", "server", "measure")
     services.add_relation("client", "fills", "server", "fills")
+    services.add_relation("client", "work", "server", "work")
     services.start()
     harness.send = holder["send"]
     harness.server = services.get_service_module("server")
+    harness.stats = lambda: services.stats()["server"]
     yield harness
 
 
 def outcome(harness: Harness, connection: str, args: Any) -> tuple[str, Any]:
-    """What a call produced, in a form that compares across modes."""
+    """What a call produced, in a form that compares across modes: for a remote error,
+    its type, message, whole text (the workflow id made a placeholder) and the
+    connection it names; the server's log line about it must carry the same id."""
     try:
         return ("ok", harness.send(connection, args))
     except RemoteError as error:
-        return ("remote", (error.remote_type, error.remote_message))
+        assert error.workflow_id
+        assert any(wid == error.workflow_id for _, wid in harness.lines), harness.lines
+        text = str(error).replace(error.workflow_id, "<id>")
+        return ("remote", (error.remote_type, error.remote_message, text, error.connection))
     except ValidationError as error:
         return ("local", str(error))
+
+
+def remote(connection: str, remote_type: str, message: str) -> tuple[str, Any]:
+    """A remote error as the caller sees it: naming the caller's own connection."""
+    where = f"client: connection '{connection}'"
+    text = f"{where}: remote {remote_type}: {message} [workflow <id>]"
+    return ("remote", (remote_type, message, text, where))
 
 
 CASES: list[tuple[str, str, Any, tuple[str, Any]]] = [
@@ -185,7 +248,7 @@ CASES: list[tuple[str, str, Any, tuple[str, Any]]] = [
         "handler error without text",
         "quote",
         {"symbol": "UNPRINTABLE", "qty": 1},
-        ("remote", ("Unprintable", "<Unprintable whose str() failed>")),
+        remote("quote", "Unprintable", "<Unprintable whose str() failed>"),
     ),
     (
         "round trip with types restored",
@@ -197,12 +260,10 @@ CASES: list[tuple[str, str, Any, tuple[str, Any]]] = [
         "handler returning None with an optional-only return model is not enough",
         "quote",
         {"symbol": "NONE", "qty": 1},
-        (
-            "remote",
-            (
-                "ValidationError",
-                "server: quote.return_args: expected dict with keys 'price', 'tags', got None at $",
-            ),
+        remote(
+            "quote",
+            "ValidationError",
+            "server: quote.return_args: expected dict with keys 'price', 'tags', got None at $",
         ),
     ),
     (
@@ -215,27 +276,26 @@ CASES: list[tuple[str, str, Any, tuple[str, Any]]] = [
         "receiver validates what the sender allowed",
         "quote",
         {"symbol": "BTC", "qty": 1, "note": "hi"},
-        (
-            "remote",
-            (
-                "ValidationError",
-                "server: quote.args: unexpected key 'note' at $ (allowed: 'symbol', 'qty')",
-            ),
+        remote(
+            "quote",
+            "ValidationError",
+            "server: quote.args: unexpected key 'note' at $ (allowed: 'symbol', 'qty')",
         ),
     ),
     (
         "handler error",
         "quote",
         {"symbol": "FAIL", "qty": 1},
-        ("remote", ("LookupError", "no such symbol")),
+        remote("quote", "LookupError", "no such symbol"),
     ),
     (
         "handler return validated by the server",
         "quote",
         {"symbol": "BADRETURN", "qty": 1},
-        (
-            "remote",
-            ("ValidationError", "server: quote.return_args: expected Decimal, got str at $.price"),
+        remote(
+            "quote",
+            "ValidationError",
+            "server: quote.return_args: expected Decimal, got str at $.price",
         ),
     ),
     (
@@ -271,3 +331,53 @@ def test_publish_contract(harness: Harness) -> None:
         harness.send("fills", {"n": "5"})
     got = [after_markers(harness.server.fills, SYNC_MARKER)["n"] for _ in range(2)]
     assert got == [-1, 5]
+    failure = [(text, wid) for text, wid in harness.lines if "raised" in text]
+    assert [text for text, _ in failure] == [
+        "server: handler of connection 'fills' raised RuntimeError: subscriber failure"
+    ]
+    assert failure[0][1] not in (None, "-")
+
+
+def test_push_contract(harness: Harness) -> None:
+    """A puller's failure, and a message its model refuses, stay with it - logged the
+    same way, under the message's workflow id - and the pusher carries on; what its
+    handler returns is ignored. Counted alike in both modes."""
+    assert harness.send("work", {"n": -1}) is None
+    assert harness.send("work", {"n": 1, "note": "the puller allows no note"}) is None
+    assert harness.send("work", {"n": 2}) is None
+    with pytest.raises(ValidationError, match=r"client: work\.args: expected int, got str"):
+        harness.send("work", {"n": "5"})
+    got = [harness.server.work.get(timeout=5)["n"] for _ in range(2)]
+    assert got == [-1, 2]
+    assert wait_until(lambda: harness.stats()["work"]["handled"] == 1, timeout=5)
+    counts = {key: harness.stats()["work"][key] for key in ("received", "handled", "failed")}
+    assert counts == {"received": 3, "handled": 1, "failed": 1}
+    assert harness.stats()["work"]["rejected"] == 1
+    failure = [(text, wid) for text, wid in harness.lines if "raised" in text]
+    assert [text for text, _ in failure] == [
+        "server: handler of connection 'work' raised RuntimeError: puller failure"
+    ]
+    assert failure[0][1] not in (None, "-")
+    rejection = [text for text, _ in harness.lines if "rejected" in text]
+    assert len(rejection) == 1
+    assert re.fullmatch(
+        r"server: connection 'work' rejected a message \[[^\]]+\]: server: work\.args: "
+        r"unexpected key 'note' at \$ \(allowed: 'n'\)",
+        rejection[0],
+    ), rejection
+
+
+def test_handled_failed_and_rejected_are_counted_alike(harness: Harness) -> None:
+    for args in (
+        {"symbol": "BTC", "qty": 1},
+        {"symbol": "FAIL", "qty": 1},
+        {"symbol": "BTC", "qty": 1, "note": "refused by the server"},
+    ):
+        outcome(harness, "quote", args)
+    stats = harness.stats()["quote"]
+    assert {key: stats[key] for key in ("received", "handled", "failed", "rejected")} == {
+        "received": 3,
+        "handled": 1,
+        "failed": 1,
+        "rejected": 1,
+    }

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextvars import Token
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -38,7 +39,7 @@ from .errors import DecodeError, ValidationError
 from .logs import ERROR_TEXT_MAX, RateLimit, clip
 from .observe import Observer
 from .validation import Validator
-from .workflow import FlowScope, current_flow, flow_of
+from .workflow import Flow, FlowScope, current_flow, flow_of
 
 __all__ = ["Delivery", "Receiver", "compile_delivery"]
 
@@ -168,12 +169,7 @@ def _failure_logger(receiver: Receiver) -> Callable[[BaseException, str], None]:
     log, service, name = receiver.log, receiver.service, receiver.connection
 
     def log_failure(error: BaseException, workflow_id: str) -> None:
-        # Within the flow scope the current flow already carries the id; outside one
-        # (a failure answered after the scope), set it for the log line.
-        flow = current_flow.get()
-        token = None
-        if flow is None or flow._id != workflow_id:
-            token = current_flow.set(flow_of(workflow_id))
+        token = _enter_flow(workflow_id)
         try:
             log.error(
                 "%s: handler of connection '%s' raised %s: %s",
@@ -203,16 +199,31 @@ def _rejection_logger(receiver: Receiver) -> Callable[[Exception, str], None]:
         if not limit.allow():
             return
         held = limit.take_held()
-        log.warning(
-            "%s: connection '%s' rejected a message [%s]: %s%s",
-            service,
-            name,
-            clip(workflow_id) if workflow_id else "-",
-            clip(error, ERROR_TEXT_MAX),
-            f" ({held:,} more rejected since the last such line)" if held else "",
-        )
+        token = _enter_flow(workflow_id)
+        try:
+            log.warning(
+                "%s: connection '%s' rejected a message [%s]: %s%s",
+                service,
+                name,
+                clip(workflow_id) if workflow_id else "-",
+                clip(error, ERROR_TEXT_MAX),
+                f" ({held:,} more rejected since the last such line)" if held else "",
+            )
+        finally:
+            if token is not None:
+                current_flow.reset(token)
 
     return log_rejection
+
+
+def _enter_flow(workflow_id: str) -> Token[Flow | None] | None:
+    """Make ``workflow_id`` the current flow's for a log line about its message: within
+    the message's flow scope it already is; outside (a message refused before it was
+    delivered), set it, and return the token to reset."""
+    flow = current_flow.get()
+    if flow is not None and flow._id == workflow_id:
+        return None
+    return current_flow.set(flow_of(workflow_id))
 
 
 def _silent(error: BaseException, workflow_id: str) -> None:

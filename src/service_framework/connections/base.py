@@ -447,8 +447,15 @@ class OutboundConnection(Connection):
         target's delivery under the same workflow id, each counting its own sends from
         ``_1``; a target's failure stays with it (it is logged), as over the wire."""
         check_args, args_error = self.model.args.check, self.model.args.error
-        delivers = [target.delivery(_no_answer, _no_refusal).deliver for target in targets]
-        one = len(delivers) == 1
+        # Each target counts what it received, as its socket would.
+        ends = [
+            (
+                target.connection.observer.on_received,
+                target.delivery(_no_answer, _no_refusal).deliver,
+            )
+            for target in targets
+        ]
+        one = len(ends) == 1
 
         def route(args: Any) -> None:
             if not check_args(args):
@@ -456,7 +463,8 @@ class OutboundConnection(Connection):
             # One target: its flow scope works out the id (see FlowScope.wrap); several
             # share one, made here.
             workflow_id = NEXT_CALL if one else next_workflow_id()
-            for deliver in delivers:
+            for received, deliver in ends:
+                received()
                 deliver(args, workflow_id)
 
         return route

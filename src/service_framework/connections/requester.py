@@ -344,10 +344,14 @@ class Requester(OutboundConnection):
 
         call = single if single is not None else several
         one = single is not None
+        # The replyer counts what it received, as its socket would.
+        arrivals = [target.connection.observer.on_received for target in targets]
+        arrived = arrivals[0] if one else lambda: [count() for count in arrivals]
 
         def route(args: Any) -> Any:
             if not check_args(args):
                 raise args_error(args)
+            arrived()
             # One replyer: its flow scope works out the id (see FlowScope.wrap); several
             # share one, made here.
             result = call(args, NEXT_CALL if one else next_workflow_id())
