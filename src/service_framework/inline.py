@@ -37,7 +37,7 @@ from typing import Any
 
 from .check import check_link
 from .codec import MessageCodec
-from .connections import CONNECTION_TYPES
+from .connections import CONNECTION_TYPES, build_connections
 from .connections.base import (
     ConnectionEnv,
     InboundConnection,
@@ -236,14 +236,8 @@ class InlineServices:
             log=logging.getLogger(f"service_framework.service.{name}"),
             timed=False,
         )
-        for conn_name, model in prepared.models.inbound.items():
-            in_conn = model.kind(model, env)
-            assert isinstance(in_conn, InboundConnection)
-            service.inbound[conn_name] = in_conn
-        for conn_name, model in prepared.models.outbound.items():
-            out_conn = model.kind(model, env)
-            assert isinstance(out_conn, OutboundConnection)
-            service.outbound[conn_name] = out_conn
+        service.inbound, service.outbound = build_connections(prepared.models, env)
+        for conn_name, out_conn in service.outbound.items():
             if isinstance(out_conn, ExternalTarget):
                 routes[conn_name] = out_conn.call
             else:

@@ -32,6 +32,7 @@ from typing import Any
 import zmq
 
 from .config import validate_addresses_shape
+from .connections import build_connections
 from .connections.base import (
     ConnectionEnv,
     InboundConnection,
@@ -269,14 +270,9 @@ class ServiceRuntime:
             log=env_log,
             names=self._names,
         )
-        for name, model in prepared.models.outbound.items():
-            out_conn = model.kind(model, env)
-            assert isinstance(out_conn, OutboundConnection)
-            self.outbound[name] = out_conn
-        for name, model in prepared.models.inbound.items():
-            in_conn = model.kind(model, env)
-            assert isinstance(in_conn, InboundConnection)
-            self.inbound[name] = in_conn
+        inbound, outbound = build_connections(prepared.models, env)
+        self.outbound.update(outbound)
+        self.inbound.update(inbound)
         for side, group in (("in", self.inbound), ("out", self.outbound)):
             for name, connection in group.items():
                 connection.open(addresses[side].get(name, {}))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .base import Connection, InboundConnection, OutboundConnection
+from typing import TYPE_CHECKING
+
+from .base import Connection, ConnectionEnv, InboundConnection, OutboundConnection
 from .external_target import ExternalTarget
 from .publisher import Publisher
 from .puller import Puller
@@ -12,11 +14,15 @@ from .requester import Requester
 from .subscriber import Subscriber
 from .timer import Timer
 
+if TYPE_CHECKING:
+    from ..models import ServiceModels
+
 __all__ = [
     "CONNECTION_TYPES",
     "Connection",
     "InboundConnection",
     "OutboundConnection",
+    "build_connections",
     "register",
 ]
 
@@ -32,3 +38,20 @@ def register(kind: type[Connection]) -> type[Connection]:
 
 for _kind in (Replyer, Subscriber, Requester, Publisher, ExternalTarget, Pusher, Puller, Timer):
     register(_kind)
+
+
+def build_connections(
+    models: ServiceModels, env: ConnectionEnv
+) -> tuple[dict[str, InboundConnection], dict[str, OutboundConnection]]:
+    """Every connection a service declares, built (not opened): inbound, outbound."""
+    inbound: dict[str, InboundConnection] = {}
+    outbound: dict[str, OutboundConnection] = {}
+    for name, model in models.outbound.items():
+        out_conn = model.kind(model, env)
+        assert isinstance(out_conn, OutboundConnection)
+        outbound[name] = out_conn
+    for name, model in models.inbound.items():
+        in_conn = model.kind(model, env)
+        assert isinstance(in_conn, InboundConnection)
+        inbound[name] = in_conn
+    return inbound, outbound
