@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -39,6 +39,7 @@ from .check import check_link
 from .codec import MessageCodec
 from .connections import CONNECTION_TYPES, build_connections
 from .connections.base import (
+    Connection,
     ConnectionEnv,
     InboundConnection,
     InlineTarget,
@@ -49,6 +50,7 @@ from .connections.external_target import ExternalTarget
 from .errors import UnknownConnectionError
 from .loader import PreparedService, load_module, prepare_service
 from .logs import DEFAULT_LOG_MAX_BYTES, check_logging, configure_logging
+from .observe import Observer
 from .topology import Finding, Topology, load_topology
 from .validation import Validator, compile_fields
 from .workflow import FlowScope
@@ -101,6 +103,7 @@ class InlineServices:
         backup_count: int = 24,
         *,
         log_max_bytes: int = DEFAULT_LOG_MAX_BYTES,
+        observers: Callable[[Connection], Sequence[Observer]] | None = None,
     ) -> None:
         # Applied by start(), when the services run: building an InlineServices (to check
         # relations, say) leaves the process's logging as it was. Bad values fail here.
@@ -116,6 +119,8 @@ class InlineServices:
         self._main: str | None = None
         self._relations: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self._findings: list[Finding] = []  # model disagreements of the relations added
+        # Heard next to each connection's stats (see observe.py), as over sockets.
+        self._observers = observers
 
     def __repr__(self) -> str:
         return f"<InlineServices main={self._main!r} services={list(self._services)}>"
@@ -235,6 +240,7 @@ class InlineServices:
             scope=FlowScope(),  # inline calls nest in the calling thread's flow
             log=logging.getLogger(f"service_framework.service.{name}"),
             timed=False,
+            observers=self._observers,
         )
         service.inbound, service.outbound = build_connections(prepared.models, env)
         for conn_name, out_conn in service.outbound.items():

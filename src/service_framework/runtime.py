@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType, ModuleType
 from typing import Any
@@ -34,6 +34,7 @@ import zmq
 from .config import validate_addresses_shape
 from .connections import build_connections
 from .connections.base import (
+    Connection,
     ConnectionEnv,
     InboundConnection,
     OutboundConnection,
@@ -45,7 +46,7 @@ from .errors import AddressError, HookError, StartupError, UnknownConnectionErro
 from .loader import PreparedService, call_hook, load_module, prepare_service
 from .monitoring import PeerWatch, raise_fd_limit
 from .names import NameWatch
-from .observe import ConnectionStats
+from .observe import ConnectionStats, Observer
 from .probe import Heartbeat
 from .security import Curve
 from .workflow import IDLE, FlowScope, current_flow, flow_of, new_workflow_id
@@ -69,6 +70,9 @@ class RunOptions:
     curve: Curve | None = None
     stop_timeout_s: float = 10.0  # bound on finishing queued work, from the stop request
     probe_file: str | None = None  # a heartbeat file kept fresh while the loop turns (probe.py)
+    # Observers heard next to each connection's stats (observe.py): called once per
+    # connection at start-up, returns the observers for it.
+    observers: Callable[[Connection], Sequence[Observer]] | None = None
 
 
 def make_to_send(
@@ -264,6 +268,7 @@ class ServiceRuntime:
             context=self._context,
             to_send=self.to_send,
             curve=self.options.curve,
+            observers=self.options.observers,
             monitor=self._peers.add if self._peers is not None else None,
             scope=FlowScope(self._flow),
             debug=debug,
