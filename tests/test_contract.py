@@ -52,6 +52,9 @@ def on_fill(args, to_send, config):
 
 work = queue.Queue()
 
+def on_ack(args, to_send, config):
+    return None  # allowed: the return model has no required keys
+
 def on_work(args, to_send, config):
     work.put(args)
     if args['n'] < 0:
@@ -79,6 +82,12 @@ connection_models = {
             'required_creation_arguments': {'connection_function': on_fill},
             'optional_creation_arguments': {'topic': 'fills', 'is_binder': True},
             'required_arguments': {'n': int},
+        },
+        'ack': {
+            'connection_type': 'replyer',
+            'required_creation_arguments': {'connection_function': on_ack},
+            'required_arguments': {'n': int},
+            'optional_return_arguments': {'note': str},
         },
         'work': {
             'connection_type': 'puller',
@@ -121,6 +130,12 @@ CLIENT_MODELS: dict[str, Any] = {
                 "wait_after_creation_s": 0,
             },
             "required_arguments": {"n": int},
+        },
+        "ack": {
+            "connection_type": "requester",
+            "optional_creation_arguments": {"timeout_s": 5},
+            "required_arguments": {"n": int},
+            "optional_return_arguments": {"note": str},
         },
         "work": {
             "connection_type": "pusher",
@@ -178,6 +193,7 @@ def harness(request, write_service, run_service, client) -> Iterator[Harness]:
                     "measure": {"replyer": "127.0.0.1:0"},
                     "fills": {"subscriber": "127.0.0.1:0"},
                     "work": {"puller": "127.0.0.1:0"},
+                    "ack": {"replyer": "127.0.0.1:0"},
                 }
             },
         )
@@ -190,6 +206,7 @@ def harness(request, write_service, run_service, client) -> Iterator[Harness]:
                     "measure": {"requester": server.address("measure")},
                     "fills": {"publisher": server.address("fills")},
                     "work": {"pusher": server.address("work")},
+                    "ack": {"requester": server.address("ack")},
                 }
             },
         )
@@ -213,6 +230,7 @@ def harness(request, write_service, run_service, client) -> Iterator[Harness]:
     services.add_relation("client", "measure", "server", "measure")
     services.add_relation("client", "fills", "server", "fills")
     services.add_relation("client", "work", "server", "work")
+    services.add_relation("client", "ack", "server", "ack")
     services.start()
     harness.send = holder["send"]
     harness.server = services.get_service_module("server")
@@ -265,6 +283,12 @@ CASES: list[tuple[str, str, Any, tuple[str, Any]]] = [
             "ValidationError",
             "server: quote.return_args: expected dict with keys 'price', 'tags', got None at $",
         ),
+    ),
+    (
+        "a None return is an empty reply where the return model requires nothing",
+        "ack",
+        {"n": 1},
+        ("ok", {}),
     ),
     (
         "sender validates first",
