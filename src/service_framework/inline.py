@@ -37,7 +37,7 @@ from types import ModuleType
 from typing import Any
 
 from .check import check_link
-from .codec import MessageCodec
+from .codec import DEFAULT_CODEC
 from .connections.base import ConnectionEnv
 from .connections.external_target import ExternalTarget, call_target
 from .errors import RemoteError, UnknownConnectionError, ValidationError
@@ -438,7 +438,7 @@ def _as_received(validator: Validator) -> Callable[[Any], Any]:
     as the receiver does: the handler gets the converted value, or the caller the very
     error the wire would give. Runs only after a failed check, never on the usual path.
     """
-    codec = MessageCodec(validator, _UNCHECKED)
+    codec = DEFAULT_CODEC.request_reply(validator, _UNCHECKED)
 
     def receive(value: Any) -> Any:
         try:
