@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import zmq
 
+from ..codec import DEFAULT_CODEC, Codec
 from ..errors import DecodeError, ValidationError
 from ..logs import ERROR_TEXT_MAX, clip
 from ..names import host_name_of
@@ -145,6 +146,8 @@ class ConnectionEnv:
     # Connects sockets whose addresses are host names to every address they resolve to
     # (None: names are left to libzmq, which connects to the first address only).
     names: NameWatch | None = None
+    # Builds each connection's codec (frames <-> messages); see codec.py.
+    codec: Codec = DEFAULT_CODEC
 
 
 class Connection:
