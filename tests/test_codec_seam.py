@@ -162,3 +162,35 @@ def test_msgspec_is_imported_by_the_msgpack_codec_alone() -> None:
 def test_validation_imports_no_wire_format() -> None:
     imported = _imports_of(PACKAGE / "validation.py")
     assert "msgspec" not in imported and "msgpack" not in imported and "zmq" not in imported
+
+
+def test_array_models_get_codecs_that_send_large_frames_without_a_copy() -> None:
+    np = pytest.importorskip("numpy")
+    import zmq
+
+    models = parse_connection_models(
+        "svc",
+        {
+            "out": {
+                "ask": {
+                    "connection_type": "requester",
+                    "required_arguments": {"a": np.ndarray},
+                    "required_return_arguments": {"ok": bool},
+                },
+                "tell": {"connection_type": "publisher", "required_arguments": {"a": np.ndarray}},
+            }
+        },
+    )
+    ask, tell = models.outbound["ask"], models.outbound["tell"]
+    assert ask.returns is not None
+    big, small = {"a": np.zeros(zmq.COPY_THRESHOLD)}, {"a": np.zeros(1)}
+    pair = DEFAULT_CODEC.request_reply(ask.args, ask.returns)
+    one_way = DEFAULT_CODEC.one_way(tell.args, "")
+    for frame in (pair.encode_request(big, "w"), one_way.encode(big, "w")):
+        assert isinstance(frame, zmq.Frame)
+        assert len(frame) > zmq.COPY_THRESHOLD
+    assert type(pair.encode_request(small, "w")) is bytes
+    decoded = pair.decode_request(bytes(pair.encode_request(big, "w")))
+    assert (decoded.args["a"] == big["a"]).all()
+    plain = DEFAULT_CODEC.request_reply(ask.returns, ask.returns)  # no arrays: plain bytes
+    assert type(plain.encode_request({"ok": True}, "w")) is bytes

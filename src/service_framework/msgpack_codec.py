@@ -696,12 +696,6 @@ class MessageCodec:
 
     __slots__ = ("_reply", "_reply_envelope", "decode_request", "max_bytes")
 
-    def __new__(cls, args: Validator, returns: Validator, **_: Any) -> MessageCodec:
-        # Models with arrays get the codec whose large frames are sent without a copy.
-        if cls is MessageCodec and (contains_arrays(args.node) or contains_arrays(returns.node)):
-            cls = _ArrayMessageCodec
-        return super().__new__(cls)
-
     def __init__(
         self,
         args: Validator,
@@ -785,12 +779,6 @@ class PublishCodec:
     """
 
     __slots__ = ("_publisher", "_topic", "decode", "max_bytes", "prefix", "prefixes")
-
-    def __new__(cls, args: Validator, topic: str, **_: Any) -> PublishCodec:
-        # Models with arrays get the codec whose large frames are sent without a copy.
-        if cls is PublishCodec and contains_arrays(args.node):
-            cls = _ArrayPublishCodec
-        return super().__new__(cls)
 
     def __init__(
         self,
@@ -922,17 +910,15 @@ class MsgpackCodec:
     def request_reply(
         self, args: Validator, returns: Validator, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     ) -> MessageCodec:
-        return MessageCodec(args, returns, max_bytes=max_bytes)
+        # Models with arrays get the codec whose large frames are sent without a copy.
+        arrays = contains_arrays(args.node) or contains_arrays(returns.node)
+        kind = _ArrayMessageCodec if arrays else MessageCodec
+        return kind(args, returns, max_bytes=max_bytes)
 
-    def one_way(
-        self,
-        args: Validator,
-        topic: str,
-        *,
-        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        publisher: str = "",
-    ) -> PublishCodec:
-        return PublishCodec(args, topic, max_bytes=max_bytes, publisher=publisher)
+    def one_way(self, args: Validator, topic: str, **options: Any) -> PublishCodec:
+        """A :class:`PublishCodec` (``options``: its ``max_bytes`` and ``publisher``)."""
+        kind = _ArrayPublishCodec if contains_arrays(args.node) else PublishCodec
+        return kind(args, topic, **options)
 
     @staticmethod
     def check_wire(node: Node) -> None:
