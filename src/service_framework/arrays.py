@@ -30,8 +30,10 @@ the array lives, and the elements may not be aligned. ``array.copy()`` gives a
 writable, aligned array of its own.
 
 numpy is imported only by a service whose models declare an array (the type itself is
-then already imported); only its decoders get :func:`decode_ext` and
-:func:`decode_hook`.
+then already imported). This module knows the layout; the msgpack codec
+(``msgpack_codec.py``) wraps the parts in extension values and hooks
+:func:`array_parts`, :func:`read_part` and :func:`rebuild` into the encoders and decoders
+of models that declare an array.
 """
 
 from __future__ import annotations
@@ -40,15 +42,13 @@ import os
 import sys
 from typing import Any, Final
 
-import msgspec
-
 __all__ = [
     "ARRAY_DATA",
     "ARRAY_HEADER",
-    "decode_ext",
-    "decode_hook",
-    "encode_hook",
+    "array_parts",
     "keep_large_blocks",
+    "read_part",
+    "rebuild",
     "unsendable_dtype",
 ]
 
@@ -125,10 +125,11 @@ def _header(array: Any) -> bytes:
     return bytes(header)
 
 
-def encode_hook(obj: Any) -> Any:
-    """msgspec ``enc_hook``: a numpy array becomes its two extension values; anything
-    else is refused as msgspec would (msgspec calls this only for types it cannot
-    encode, so it costs nothing for messages without arrays)."""
+def array_parts(obj: Any) -> tuple[bytes, memoryview]:
+    """A numpy array's two extension payloads: its :data:`ARRAY_HEADER` and its
+    :data:`ARRAY_DATA`. Anything else is refused with the ``TypeError`` msgspec raises
+    for a type it cannot encode (the codec calls this only for such types, so it costs
+    nothing for messages without arrays)."""
     np = sys.modules.get("numpy")  # not imported: obj cannot be an array
     if np is None or not isinstance(obj, np.ndarray):
         raise TypeError(f"Encoding objects of type {type(obj).__qualname__} is unsupported")
@@ -142,10 +143,7 @@ def encode_hook(obj: Any) -> Any:
     # A view of a C-contiguous array's memory (msgspec copies it into the message once);
     # a contiguous copy of any other.
     elements = memoryview(np.ascontiguousarray(obj).reshape(-1).view(np.uint8))
-    return (
-        msgspec.msgpack.Ext(ARRAY_HEADER, _header(obj)),
-        msgspec.msgpack.Ext(ARRAY_DATA, elements),
-    )
+    return _header(obj), elements
 
 
 class _Header:
@@ -166,16 +164,16 @@ class _Elements:
         self.data = data
 
 
-def decode_ext(code: int, data: memoryview) -> Any:
-    """msgspec ``ext_hook``: the two array extension types become their parts (put
-    together by :func:`decode_hook`); other extension types stay
-    :class:`msgspec.msgpack.Ext`, as without a hook. Never raises: a malformed header is
-    reported by :func:`decode_hook`, which knows where in the message it was."""
+def read_part(code: int, data: memoryview) -> Any:
+    """A received extension value of one of the two array codes as its part (put
+    together by :func:`rebuild`); ``None`` for any other code. Never raises: a malformed
+    header is reported by :func:`rebuild`, which the decoder calls where the array sits
+    in the message."""
     if code == ARRAY_DATA:
         return _Elements(data)
     if code == ARRAY_HEADER:
         return _read_header(data)
-    return msgspec.msgpack.Ext(code, bytes(data))
+    return None
 
 
 def _read_header(data: memoryview) -> _Header:
@@ -213,11 +211,11 @@ def _read_header(data: memoryview) -> _Header:
     return _Header(dtype, shape, count, "")
 
 
-def decode_hook(kind: type, obj: Any) -> Any:
-    """msgspec ``dec_hook``: an array's header and elements become a read-only array
-    (see the module docstring). A ``ValueError`` here is reported by msgspec as a
-    validation error at the array's path; anything but the two parts is left for
-    msgspec to refuse ("expected ndarray")."""
+def rebuild(obj: Any) -> Any:
+    """An array's header and elements (as :func:`read_part` gave them) become a
+    read-only array (see the module docstring). A ``ValueError`` here is reported by the
+    decoder as a validation error at the array's path; anything but the two parts is
+    returned as it is, for the decoder to refuse ("expected ndarray")."""
     if type(obj) is not list or len(obj) != 2:
         if type(obj) in (_Header, _Elements):
             raise ValueError("malformed numpy array: a header and its elements come as a pair")

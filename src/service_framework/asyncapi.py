@@ -9,7 +9,7 @@ the runtime validates with (nothing is started, no socket is opened):
   ``receive`` (replyer, subscriber, puller); request/reply is one operation with a
   ``reply`` (Operation Reply Object) naming the reply and the error message;
 * **messages** whose payload is the envelope the framework puts on the wire (see
-  ``codec.py``): ``{"v", "workflow_id", "args", "meta"?}`` for a request,
+  ``msgpack_codec.py``): ``{"v", "workflow_id", "args", "meta"?}`` for a request,
   ``{"v", "workflow_id", "return_args"}`` or ``{"v", "workflow_id", "error"}`` for a
   reply, ``[topic, v, workflow_id, args, meta]`` for a published message; content type
   ``application/msgpack``;
@@ -42,13 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from .codec import ENVELOPE_VERSION
 from .config import flatten_seed_shape, load_json, validate_addresses_shape
 from .errors import AddressError, ServiceFrameworkError
 from .loader import load_module, prepare_service
 from .models import ConnectionModel, ServiceModels
+from .msgpack_codec import ENVELOPE_VERSION, GENERATED_SCHEMA_NAME, json_schemas
 from .topology import (
     Topology,
     TopologyError,
@@ -109,7 +107,7 @@ _PATTERNS = {
 _PUBLISHED = {"publisher", "subscriber", "pusher", "puller"}
 _REQUESTS = {"requester", "replyer"}  # framed as {v, workflow_id, args, meta?}
 _NAME_CHARS = re.compile(r"[^\w.\-]")
-_GENERATED = re.compile(r"^Fields\d+$")  # msgspec names of the structs validation.py makes
+_GENERATED = GENERATED_SCHEMA_NAME  # names of the structs the msgpack codec makes
 _REF = "#/components/schemas/"
 
 
@@ -157,8 +155,8 @@ class _Schemas:
 
     @classmethod
     def build(cls, wanted: Sequence[tuple[str, str, Validator]]) -> _Schemas:
-        types = [validator.node.wire() for _, _, validator in wanted]
-        schemas, components = msgspec.json.schema_components(types, ref_template=_REF + "{name}")
+        nodes = [validator.node for _, _, validator in wanted]
+        schemas, components = json_schemas(nodes, ref_template=_REF + "{name}")
         # Name msgspec's generated structs after the connection and key that declare
         # them, in model order: stable from run to run and readable in a viewer.
         renames: dict[str, str] = {}

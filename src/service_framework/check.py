@@ -54,11 +54,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from .errors import ServiceFrameworkError
 from .loader import PreparedService
 from .models import ConnectionModel
+from .msgpack_codec import struct_keys
 from .security import Curve
 from .topology import (
     Endpoint,
@@ -517,7 +516,8 @@ class _Comparison:
                         f"{self.sender} never sends it",
                     )
                 )
-        # A TypedDict receiver drops keys it does not know (msgspec); others refuse them.
+        # A TypedDict receiver drops keys it does not know (the msgpack codec decodes it
+        # natively); others refuse them.
         drops_unknown = isinstance(r, FieldsNode) and hasattr(r, "td")
         for key, node in {**s_required, **s_optional}.items():
             if key in r_required:
@@ -589,12 +589,8 @@ def _fields(node: FieldsNode | ClassNode) -> tuple[dict[Any, Node], dict[Any, No
             # A dataclass sends every field; one with a default may be omitted by others.
             (optional if has_default else required)[f.name] = node.fields[f.name]
     else:
-        for info in msgspec.structs.fields(cls):
-            has_default = (
-                info.default is not msgspec.NODEFAULT
-                or info.default_factory is not msgspec.NODEFAULT
-            )
-            (optional if has_default else required)[info.encode_name] = node.fields[info.name]
+        for info in struct_keys(cls):
+            (optional if info.has_default else required)[info.key] = node.fields[info.field]
     return required, optional
 
 

@@ -1,107 +1,58 @@
-"""Envelopes to bytes and back: msgpack via msgspec, nothing else.
+"""The codec seam: what a connection needs to turn messages into frames and back.
 
-Wire format. Request/reply envelopes are msgpack maps (receivers ignore keys they do
-not know, so later versions can add keys without breaking older peers):
+A :class:`Codec` builds, once per connection at start-up, a :class:`RequestReplyCodec`
+(requester, replyer) or a :class:`OneWayCodec` (publisher, subscriber, pusher, puller)
+from the connection's compiled models; the connections call only what these protocols
+state. A connection finds its codec on its environment (``ConnectionEnv.codec``), whose
+default, :data:`DEFAULT_CODEC`, is the msgpack codec (``msgpack_codec.py``: msgspec
+types built from the validation nodes, the envelope layout, the topic prefixes). The
+names the msgpack codec has always had are importable from here too.
 
-* request  ``{"v": 1, "workflow_id": str, "args": {...}, "meta": {...}?}``
-* reply    ``{"v": 1, "workflow_id": str, "return_args": {...}}``
-* error    ``{"v": 1, "workflow_id": str, "error": {"type": str, "message": str}}``
-
-A published message is the throughput path, so its frame is a msgpack array of exactly
-seven: ``[topic, 1, workflow_id, args, meta, publisher, seq]`` (``meta`` is nil when
-there is none). ``publisher`` is the publishing socket's tag (8 random hex digits, new
-each time it starts, logged by the publisher with its service and connection: short,
-since it travels in every frame) and ``seq`` counts its messages from 0, so a
-subscriber sees which messages it missed (a gap in ``seq``) and from whom.
-Positions instead of keys make the frame cheaper to encode and to decode, and the fixed
-length keeps its leading bytes - the array header, then the topic as a msgpack str,
-whose header holds its length - the same for every message on a topic. SUB sockets
-filter on those bytes, so topic ``"orders"`` never matches ``"orders_eu"``. Receivers
-also accept the earlier five-element frame, ``[topic, 1, workflow_id, args, meta]``
-(no sequence: nothing to count), and subscribe to both headers; they ignore elements
-after the seventh. New fields travel in ``meta``.
-
-``v`` changes only for an incompatible change; a receiver rejects versions it does not
-know. ``meta`` is room for metadata that travels with a message (deadlines, tracing).
-
-A workflow id is at most ``WORKFLOW_ID_MAX_CHARS`` (256) characters and a publisher
-name at most ``PUBLISHER_MAX_CHARS`` (256): msgspec checks both in the same decode pass
-and a longer one is refused like any malformed envelope. Error texts quote what a peer
-sent cut short and escaped (see :func:`service_framework.logs.clip`), so neither a
-log line nor an error reply can be made huge or split into forged lines.
-
-Decoding a request validates its ``args`` against the connection's compiled model in
-the same msgspec pass, and restores ``Decimal``, ``UUID``, ``bytes``, sets and tuples.
-Nothing is ever unpickled: msgpack has no code-bearing types. numpy arrays travel as
-msgpack extension types holding dtype, shape and the raw elements (``arrays.py``); only
-decoders whose models declare an array get their hooks.
+Every ``decode*`` raises :class:`~service_framework.errors.DecodeError` for a frame that
+is not a message and :class:`~service_framework.errors.ValidationError` for a payload
+that breaks its model, each with a text fit for an error reply. ``encode*`` returns the
+frame to send: ``bytes``, typed so; a codec may hand over a large frame as a
+``zmq.Frame`` instead (the msgpack codec does for array models, to save a copy), which
+every send in this package takes alike.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from typing import Annotated, Any, Final, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
-import msgspec
-import zmq
-
-from .arrays import decode_ext, decode_hook, encode_hook
-from .errors import DecodeError
-from .logs import ERROR_TEXT_MAX, clip
-from .validation import (
-    DictNode,
-    FieldsNode,
-    Node,
-    Validator,
-    build_converter,
-    contains_arrays,
-    node_at,
+from .msgpack_codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ENVELOPE_VERSION,
+    MSGPACK,
+    PUBLISHER_MAX_CHARS,
+    MessageCodec,
+    PublishCodec,
+    topic_prefix,
+    topic_prefixes,
 )
 from .workflow import WORKFLOW_ID_MAX_CHARS
 
+if TYPE_CHECKING:
+    from .validation import Node, Validator
+
 __all__ = [
+    "DEFAULT_CODEC",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "ENVELOPE_VERSION",
     "PUBLISHER_MAX_CHARS",
     "WORKFLOW_ID_MAX_CHARS",
+    "Codec",
+    "ErrorInfo",
     "MessageCodec",
+    "OneWayCodec",
     "PublishCodec",
     "Published",
     "Reply",
     "Request",
+    "RequestReplyCodec",
     "topic_prefix",
     "topic_prefixes",
 ]
-
-ENVELOPE_VERSION: Final = 1
-DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
-PUBLISHER_MAX_CHARS: Final = 256
-
-# Checked by msgspec while it decodes: a longer id is refused, never logged whole.
-WorkflowId = Annotated[str, msgspec.Meta(max_length=WORKFLOW_ID_MAX_CHARS)]
-PublisherName = Annotated[str, msgspec.Meta(max_length=PUBLISHER_MAX_CHARS)]
-SeqNumber = Annotated[int, msgspec.Meta(ge=0)]
-
-
-class ErrorInfo(msgspec.Struct):
-    type: str
-    message: str
-
-
-class _Loose(msgspec.Struct):
-    """Just enough of an envelope to report on one that did not decode."""
-
-    v: Any = None
-    workflow_id: Any = ""
-
-
-class _LooseFrame(msgspec.Struct, array_like=True):
-    """Just enough of a publish frame to report on one that did not decode."""
-
-    topic: Any = None
-    v: Any = None
-    workflow_id: Any = ""
 
 
 @runtime_checkable
@@ -123,6 +74,13 @@ class Published(Request, Protocol):
     seq: int
 
 
+class ErrorInfo(Protocol):
+    """The far side's error in a reply: its exception type's name and its message."""
+
+    type: str
+    message: str
+
+
 @runtime_checkable
 class Reply(Protocol):
     """A decoded reply: ``error`` is ``None`` or the far side's error; otherwise
@@ -133,416 +91,73 @@ class Reply(Protocol):
     workflow_id: str
 
 
-# msgspec calls enc_hook only for values it cannot encode itself (numpy arrays): no cost
-# for messages without them.
-_ENCODER = msgspec.msgpack.Encoder(enc_hook=encode_hook)
-_LOOSE = msgspec.msgpack.Decoder(_Loose)
-_LOOSE_FRAME = msgspec.msgpack.Decoder(_LooseFrame)
-
-# msgspec's names for what it found on the wire, in the validator's words.
-_WIRE_NAMES = {"array": "list", "object": "dict", "null": "None"}
-# DOTALL: a name or value quoted from the peer may hold any character, newlines too.
-_EXPECTED = re.compile(r"^Expected `(.+?)`, got `(.+?)`$", re.DOTALL)
-_LENGTH = re.compile(r"^Expected `array` of length (\d+), got (\d+)$")
-_MISSING = re.compile(r"^Object missing required field `(.+?)`$", re.DOTALL)
-_UNKNOWN = re.compile(r"^Object contains unknown field `(.+?)`$", re.DOTALL)
-_ENUM = re.compile(r"^Invalid enum value (.+)$", re.DOTALL)
-
-
-def _split_msgspec_error(text: str) -> tuple[str, str, bool]:
-    """``"Expected `int`, got `str` - at `$.args.qty`"`` -> (message, path, about_key).
-
-    A bad dict key reads ``... - at `key` in `$.args.prices```."""
-    message, sep, where = text.rpartition(" - at `")
-    if not sep:
-        return text, "$", False
-    where = where.rstrip("`")
-    if where.startswith("key` in `"):
-        return message, where[len("key` in `") :], True
-    return message, where, False
-
-
-def _translate(text: str, root: str, node: Node) -> tuple[str, bool]:
-    """Rewrite a msgspec error about ``$.<field>...`` in the framework's words (the
-    validator's words for the same problem, as far as the wire lets us know them).
-
-    Returns ``(detail, inside)`` where ``inside`` says whether the error is about the
-    payload (``args``/``return_args``) rather than the envelope around it.
-    """
-    message, path, about_key = _split_msgspec_error(text)
-    inside = path == root or path.startswith((root + ".", root + "["))
-    if not inside:
-        return f"{_generic(message)} at {path}", False
-    at, path = node_at(node, "$" + path[len(root) :])
-    if about_key and isinstance(at, DictNode):
-        found = _EXPECTED.match(message)
-        got = _WIRE_NAMES.get(found.group(2), found.group(2)) if found else "?"
-        return f"expected key of type {at.key.describe()}, got {got} at {path}", True
-    if about_key:
-        return f"{_generic(message)} at key in {path}", True
-    unknown = _UNKNOWN.match(message)
-    if unknown and isinstance(at, FieldsNode):
-        return at.unexpected(_shorten(unknown.group(1)), path), True
-    if at is not None:
-        found = _EXPECTED.match(message)
-        if found:
-            got = _WIRE_NAMES.get(found.group(2), found.group(2))
-            return f"expected {at.describe()}, got {got} at {path}", True
-        length = _LENGTH.match(message)
-        if length:
-            got_length = length.group(2)
-            return f"expected {at.describe()}, got list of length {got_length} at {path}", True
-        enum = _ENUM.match(message)
-        if enum:
-            return f"expected {at.describe()}, got {clip(enum.group(1))} at {path}", True
-    return f"{_generic(message)} at {path}", True
-
-
-def _shorten(text: str) -> str:
-    """A peer's string cut to what an error text quotes (the quoting escapes it)."""
-    return text if len(text) <= _QUOTED else f"{text[:_QUOTED]}...({len(text):,} chars)"
-
-
-_QUOTED = 200  # characters of a peer's string quoted in an error text
-
-
-def _generic(message: str) -> str:
-    found = _EXPECTED.match(message)
-    if found:
-        expected, got = (_WIRE_NAMES.get(g, g) for g in found.groups())
-        return f"expected {expected}, got {got}"
-    found = _MISSING.match(message)
-    if found:
-        return f"missing required key '{found.group(1)}'"
-    found = _UNKNOWN.match(message)
-    if found:
-        return f"unexpected key {_shorten(found.group(1))!r}"
-    return clip(message, ERROR_TEXT_MAX)
-
-
-def encode_error(error_type: str, message: str, workflow_id: str) -> bytes:
-    """An error reply. Its text may quote what a peer sent (a handler's message often
-    does): it is cut to ``ERROR_TEXT_MAX`` characters and escaped, so an error reply is
-    never much larger than the request that caused it, nor several lines in a log."""
-    if len(message) > ERROR_TEXT_MAX or not message.isprintable():
-        message = clip(message, ERROR_TEXT_MAX)
-    return _ENCODER.encode(
-        {
-            "v": ENVELOPE_VERSION,
-            "workflow_id": workflow_id,
-            "error": {"type": error_type, "message": message},
-        }
-    )
-
+class RequestReplyCodec(Protocol):
+    """Requests and replies of one request/reply connection."""
 
-def topic_prefix(topic: str) -> bytes:
-    """The leading bytes of every frame published on ``topic``: a publish frame is a
-    msgpack array of seven, so it starts with the array's header byte and the topic as a
-    msgpack str (whose header holds its length: an exact match)."""
-    return _ARRAY_OF_SEVEN + _ENCODER.encode(topic)
-
-
-def topic_prefixes(topic: str) -> tuple[bytes, bytes]:
-    """What a subscriber to ``topic`` subscribes to: the frame of today
-    (:func:`topic_prefix`) and the earlier five-element frame, which has no sequence."""
-    return topic_prefix(topic), _ARRAY_OF_FIVE + _ENCODER.encode(topic)
-
-
-_ARRAY_OF_SEVEN = b"\x97"
-_ARRAY_OF_FIVE = b"\x95"
-
-
-def _read_loose(loose: msgspec.msgpack.Decoder[Any], frame: bytes | memoryview) -> Any:
-    """``frame`` decoded with a ``_Loose``/``_LooseFrame`` decoder; ``None`` if it is not
-    even that."""
-    try:
-        return loose.decode(frame)
-    except Exception:
-        return None
-
-
-def _workflow_id_in(loose: msgspec.msgpack.Decoder[Any], frame: bytes | memoryview) -> str:
-    wid = getattr(_read_loose(loose, frame), "workflow_id", "")
-    # An over-long id was the reason to refuse the frame: it is not echoed or logged.
-    return wid if isinstance(wid, str) and len(wid) <= WORKFLOW_ID_MAX_CHARS else ""
-
-
-class _Decoding:
-    """A typed decoder for one envelope shape plus the converter back to plain dicts.
-
-    Every envelope declares ``v`` as ``Literal[ENVELOPE_VERSION]``, so msgspec checks
-    the version in its one pass; :meth:`fail` explains a frame that did not decode,
-    off the per-message path.
-    """
-
-    __slots__ = ("check_loose", "convert", "decoder", "loose", "root", "validator")
-
-    def __init__(
-        self,
-        envelope: type[msgspec.Struct],
-        node: Node,
-        root: str,
-        validator: Validator,
-        loose: msgspec.msgpack.Decoder[Any],
-        check_loose: Callable[[Any], Exception | None] | None = None,
-    ):
-        # Envelope structs are built at run time; read their fields as Any.
-        arrays = contains_arrays(node)
-        self.decoder: msgspec.msgpack.Decoder[Any] = msgspec.msgpack.Decoder(
-            envelope,
-            ext_hook=decode_ext if arrays else None,
-            dec_hook=decode_hook if arrays else None,
-        )
-        self.convert = build_converter(node)
-        self.root = root  # where the payload sits in the frame, e.g. "$.args"
-        self.validator = validator
-        self.loose = loose  # reads v and workflow_id from a frame that did not decode
-        self.check_loose = check_loose  # any further check on that loose reading
-
-    def reader(
-        self, max_bytes: int, what: str, *, converts_args: bool
-    ) -> Callable[[bytes | memoryview], Any]:
-        """The per-message decode: the size cap, one msgspec pass, errors explained by
-        :meth:`fail`, and (``converts_args``) ``args`` turned into plain values. A
-        closure over what it needs rather than a method: this is the throughput path."""
-        decode, fail = self.decoder.decode, self.fail
-        convert = self.convert if converts_args else None
-
-        def read(frame: bytes | memoryview) -> Any:
-            if len(frame) > max_bytes:
-                raise DecodeError(f"{what} of {len(frame)} bytes exceeds the {max_bytes}-byte cap")
-            try:
-                env = decode(frame)
-            except Exception as exc:
-                raise fail(exc, frame) from None
-            if convert is not None:
-                env.args = convert(env.args)
-            return env
-
-        return read
-
-    def fail(self, exc: Exception, frame: bytes | memoryview) -> Exception:
-        # Another version may lay the frame out differently: say so rather than
-        # reporting whatever its layout made fail.
-        loose = _read_loose(self.loose, frame)
-        if loose is not None:
-            if type(loose.v) is int and loose.v != ENVELOPE_VERSION:
-                return DecodeError(
-                    f"unsupported envelope version {loose.v} (this side speaks {ENVELOPE_VERSION})"
-                )
-            wid = loose.workflow_id
-            if type(wid) is str and len(wid) > WORKFLOW_ID_MAX_CHARS:
-                return DecodeError(
-                    f"workflow_id of {len(wid):,} characters is longer than the "
-                    f"{WORKFLOW_ID_MAX_CHARS}-character cap"
-                )
-            error = self.check_loose(loose) if self.check_loose is not None else None
-            if error is not None:
-                return error
-        if isinstance(exc, msgspec.ValidationError):
-            detail, inside = _translate(str(exc), self.root, self.validator.node)
-            detail = clip(detail, ERROR_TEXT_MAX)  # whatever of the peer's text it quotes
-            if inside:
-                return self.validator.error_from_detail(detail)
-            return DecodeError(f"malformed envelope: {detail}")
-        if isinstance(exc, msgspec.DecodeError):
-            return DecodeError(f"not a msgpack message: {clip(exc, ERROR_TEXT_MAX)}")
-        return DecodeError(
-            f"undecodable message: {type(exc).__name__}: {clip(exc, ERROR_TEXT_MAX)}"
-        )
-
-
-class MessageCodec:
-    """Requests and replies for one request/reply connection.
-
-    Built once at start-up from the connection's compiled models; the per-message
-    methods do a dict literal plus one msgspec call each way. ``decode_request(frame)``
-    decodes and validates a request; it raises :class:`DecodeError` or
-    :class:`ValidationError` (both carry a message fit for an error reply).
-    """
-
-    __slots__ = ("_reply", "_reply_envelope", "decode_request", "max_bytes")
-
-    def __new__(cls, args: Validator, returns: Validator, **_: Any) -> MessageCodec:
-        # Models with arrays get the codec whose large frames are sent without a copy.
-        if cls is MessageCodec and (contains_arrays(args.node) or contains_arrays(returns.node)):
-            cls = _ArrayMessageCodec
-        return super().__new__(cls)
-
-    def __init__(
-        self,
-        args: Validator,
-        returns: Validator,
-        *,
-        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    ) -> None:
-        self.max_bytes = max_bytes
-        args_type = args.node.wire()
-        request = msgspec.defstruct(
-            "RequestEnvelope",
-            [
-                ("args", args_type),
-                ("v", Literal[ENVELOPE_VERSION], ENVELOPE_VERSION),
-                ("workflow_id", WorkflowId, ""),
-                ("meta", dict[str, Any] | None, None),
-            ],
-        )
-        return_type = returns.node.wire()
-        reply = msgspec.defstruct(
-            "ReplyEnvelope",
-            [
-                ("v", Literal[ENVELOPE_VERSION], ENVELOPE_VERSION),
-                ("workflow_id", WorkflowId, ""),
-                ("return_args", return_type | msgspec.UnsetType, msgspec.UNSET),
-                ("error", ErrorInfo | None, None),
-            ],
-        )
-        decoding = _Decoding(request, args.node, "$.args", args, _LOOSE)
-        self.decode_request: Callable[[bytes | memoryview], Request] = decoding.reader(
-            max_bytes, "message", converts_args=True
-        )
-        self._reply = _Decoding(reply, returns.node, "$.return_args", returns, _LOOSE)
-        self._reply_envelope = self._reply.reader(max_bytes, "reply", converts_args=False)
-
-    # ---- requests
-    @staticmethod
-    def encode_request(args: Any, workflow_id: str, meta: dict[str, Any] | None = None) -> bytes:
-        if meta is None:
-            return _ENCODER.encode(
-                {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "args": args}
-            )
-        return _ENCODER.encode(
-            {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "args": args, "meta": meta}
-        )
-
-    @staticmethod
-    def workflow_id_of(frame: bytes | memoryview) -> str:
-        """Best-effort workflow id of a frame that failed to decode ('' if none)."""
-        return _workflow_id_in(_LOOSE, frame)
-
-    # ---- replies
-    @staticmethod
-    def encode_reply(return_args: Any, workflow_id: str) -> bytes:
-        return _ENCODER.encode(
-            {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "return_args": return_args}
-        )
-
-    encode_error = staticmethod(encode_error)
-
-    def decode_reply(self, frame: bytes | memoryview) -> Reply:
-        env = self._reply_envelope(frame)
-        if env.error is not None:
-            env.return_args = None  # an error reply carries no result
-            return env  # type: ignore[no-any-return]
-        if env.return_args is msgspec.UNSET:
-            raise DecodeError("reply has neither return_args nor error")
-        convert = self._reply.convert
-        if convert is not None:
-            env.return_args = convert(env.return_args)
-        return env  # type: ignore[no-any-return]
-
-
-class PublishCodec:
-    """Frames for one publish/subscribe connection (see the module docstring).
-
-    ``encode(args, workflow_id, seq)`` writes a frame as ``publisher`` (the publishing
-    side's name). ``decode(frame)`` decodes a frame received on a SUB socket subscribed
-    to this codec's ``prefixes`` (an empty topic receives every topic); it raises
-    :class:`DecodeError` or :class:`ValidationError`. A decoded frame's ``publisher``
-    and ``seq`` are ``""`` and ``-1`` for a five-element frame.
-    """
-
-    __slots__ = ("_publisher", "_topic", "decode", "max_bytes", "prefix", "prefixes")
-
-    def __new__(cls, args: Validator, topic: str, **_: Any) -> PublishCodec:
-        # Models with arrays get the codec whose large frames are sent without a copy.
-        if cls is PublishCodec and contains_arrays(args.node):
-            cls = _ArrayPublishCodec
-        return super().__new__(cls)
-
-    def __init__(
-        self,
-        args: Validator,
-        topic: str,
-        *,
-        max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-        publisher: str = "",
-    ) -> None:
-        if len(publisher) > PUBLISHER_MAX_CHARS:
-            raise ValueError(f"publisher name longer than {PUBLISHER_MAX_CHARS} characters")
-        self.prefix = topic_prefix(topic)
-        self.prefixes = topic_prefixes(topic)
-        self._topic = topic
-        self._publisher = publisher
-        self.max_bytes = max_bytes
-        # msgspec checks the topic (SUB filters only the first frame of a message; later
-        # frames arrive as they are) while it decodes; a frame of another topic is
-        # explained by _other_topic, off the per-message path.
-        frame = msgspec.defstruct(
-            "PublishFrame",
-            [
-                ("topic", Literal[topic] if topic else str),
-                ("v", Literal[ENVELOPE_VERSION]),
-                ("workflow_id", WorkflowId),
-                ("args", args.node.wire()),
-                ("meta", dict[str, Any] | None, None),
-                ("publisher", PublisherName, ""),
-                ("seq", SeqNumber, -1),
-            ],
-            array_like=True,
-        )
-        decoding = _Decoding(frame, args.node, "$[3]", args, _LOOSE_FRAME, self._other_topic)
-        self.decode: Callable[[bytes], Published] = decoding.reader(
-            max_bytes, "message", converts_args=True
-        )
-
-    def encode(self, args: Any, workflow_id: str, seq: int = 0) -> bytes:
-        return _ENCODER.encode(
-            (self._topic, ENVELOPE_VERSION, workflow_id, args, None, self._publisher, seq)
-        )
-
-    def _other_topic(self, loose: Any) -> Exception | None:
-        if self._topic and type(loose.topic) is str and loose.topic != self._topic:
-            return DecodeError(f"frame is for topic {_shorten(loose.topic)!r}, not {self._topic!r}")
-        return None
-
-    @staticmethod
-    def workflow_id_of(frame: bytes) -> str:
-        """Best-effort workflow id of a frame that failed to decode ('' if none)."""
-        return _workflow_id_in(_LOOSE_FRAME, frame)
-
-
-# --------------------------------------------------------------------------- arrays
-# Frames of models that carry numpy arrays are often megabytes: handing one to libzmq
-# as is, rather than copied into a message of its own, saves a copy of every array per
-# send (about a fifth of a 1 MB round trip's CPU). Below pyzmq's copy threshold a copy
-# is cheaper than the bookkeeping, so small frames stay bytes. Every send in this
-# package takes a zmq.Frame as well as bytes.
-_ZERO_COPY_BYTES: Final = zmq.COPY_THRESHOLD
-
-
-def _zero_copy(frame: bytes) -> Any:
-    return zmq.Frame(frame, copy=False) if len(frame) >= _ZERO_COPY_BYTES else frame
-
-
-class _ArrayMessageCodec(MessageCodec):
-    """A :class:`MessageCodec` for models with arrays: large frames leave as zmq.Frame."""
-
-    __slots__ = ()
-
-    @staticmethod
-    def encode_request(args: Any, workflow_id: str, meta: dict[str, Any] | None = None) -> Any:
-        return _zero_copy(MessageCodec.encode_request(args, workflow_id, meta))
-
-    @staticmethod
-    def encode_reply(return_args: Any, workflow_id: str) -> Any:
-        return _zero_copy(MessageCodec.encode_reply(return_args, workflow_id))
-
-
-class _ArrayPublishCodec(PublishCodec):
-    """A :class:`PublishCodec` for models with arrays: large frames leave as zmq.Frame."""
-
-    __slots__ = ()
-
-    def encode(self, args: Any, workflow_id: str, seq: int = 0) -> Any:
-        return _zero_copy(PublishCodec.encode(self, args, workflow_id, seq))
+    max_bytes: int  # frames longer than this are refused undecoded
+
+    def encode_request(
+        self, args: Any, workflow_id: str, meta: dict[str, Any] | None = None
+    ) -> bytes: ...
+
+    def decode_request(self, frame: bytes | memoryview, /) -> Request:
+        """Decode and validate a request (the args against the args model)."""
+        ...
+
+    def workflow_id_of(self, frame: bytes | memoryview, /) -> str:
+        """Best-effort workflow id of a frame that failed to decode (``""`` if none)."""
+        ...
+
+    def encode_reply(self, return_args: Any, workflow_id: str) -> bytes: ...
+
+    def encode_error(self, error_type: str, message: str, workflow_id: str) -> bytes:
+        """An error reply (its message cut short and escaped)."""
+        ...
+
+    def decode_reply(self, frame: bytes | memoryview, /) -> Reply:
+        """Decode a reply; its ``return_args`` are validated against the returns model."""
+        ...
+
+
+class OneWayCodec(Protocol):
+    """Frames of one publish/subscribe or push/pull connection."""
+
+    max_bytes: int  # frames longer than this are refused undecoded
+    prefix: bytes  # what every frame this codec encodes starts with
+    prefixes: tuple[bytes, ...]  # what a subscriber to this codec's topic subscribes to
+
+    def encode(self, args: Any, workflow_id: str, seq: int = 0) -> bytes: ...
+
+    def decode(self, frame: bytes | memoryview, /) -> Published:
+        """Decode and validate a frame (the args against the args model)."""
+        ...
+
+    def workflow_id_of(self, frame: bytes | memoryview, /) -> str:
+        """Best-effort workflow id of a frame that failed to decode (``""`` if none)."""
+        ...
+
+
+class Codec(Protocol):
+    """Builds the per-connection codecs (once, at start-up) and says which models can
+    travel at all."""
+
+    def request_reply(
+        self, args: Validator, returns: Validator, *, max_bytes: int = ...
+    ) -> RequestReplyCodec:
+        """The codec of a requester or replyer with these models."""
+        ...
+
+    def one_way(
+        self, args: Validator, topic: str, *, max_bytes: int = ..., publisher: str = ""
+    ) -> OneWayCodec:
+        """The codec of a publisher, subscriber (``topic``: ``""`` for every topic),
+        pusher or puller (``topic`` ``""``); ``publisher`` names the sending side."""
+        ...
+
+    def check_wire(self, node: Node) -> None:
+        """Raise :class:`~service_framework.validation.UnsupportedOnWire` unless values
+        of ``node`` can travel (a start-up check of every model)."""
+        ...
+
+
+DEFAULT_CODEC: Final[Codec] = MSGPACK

@@ -36,7 +36,7 @@ from types import ModuleType
 from typing import Any
 
 from .check import check_link
-from .codec import MessageCodec
+from .codec import DEFAULT_CODEC
 from .connections import CONNECTION_TYPES, build_connections
 from .connections.base import (
     Connection,
@@ -400,7 +400,7 @@ def _receiving(validator: Validator) -> Callable[[Any], Any]:
     encoding it as a sender would and decoding it as the receiver does, or refused with
     the very error the wire would give."""
     check = validator.check
-    codec = MessageCodec(validator, _UNCHECKED)
+    codec = DEFAULT_CODEC.request_reply(validator, _UNCHECKED)
 
     def receive(value: Any) -> Any:
         if check(value):

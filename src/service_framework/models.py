@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .codec import DEFAULT_CODEC
 from .connections import CONNECTION_TYPES, Connection
 from .errors import ModelError
 from .validation import SpecError, UnsupportedOnWire, Validator, compile_fields
@@ -283,7 +284,7 @@ def _validator(
 
 def _check_wire(where: str, validator: Validator, what: str) -> None:
     try:
-        validator.node.wire()
+        DEFAULT_CODEC.check_wire(validator.node)
     except UnsupportedOnWire as exc:
         raise ModelError(f"{where}: {what}: {exc}") from None
 

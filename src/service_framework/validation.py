@@ -10,10 +10,11 @@ we derive, once, at start-up:
   walking of the spec (the fast path, run on every message);
 * an explainer that says *why* a value is invalid, with the path to it (only run after
   the fast path said no);
-* a msgspec type for the wire, so decoding bytes validates and restores ``Decimal``,
-  ``UUID``, sets and tuples in the same C pass;
-* a generated converter from the decoded msgspec value back to plain dicts, which is
-  what handlers receive.
+* the tree itself, which a codec walks to build its own wire types (the msgpack codec,
+  ``msgpack_codec.py``, turns it into msgspec types that validate while they decode).
+
+Nothing here knows a wire format: which specs can travel, and how, is the codec's
+business (it raises :class:`UnsupportedOnWire` for those that cannot).
 
 ``numpy.ndarray`` (and ``numpy.typing.NDArray[...]``) is a spec too when numpy is
 installed; arrays travel as msgpack extension types (see ``arrays.py``).
@@ -27,46 +28,55 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import decimal
-import enum
 import itertools
-import re
 import sys
 import types
 import typing
-import uuid
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, ClassVar, Union
-
-import msgspec
 
 from .arrays import keep_large_blocks, unsendable_dtype
 from .errors import ValidationError
 
 __all__ = [
     "MISSING",
+    "CodeGen",
     "FieldsNode",
     "NdarrayNode",
     "Node",
+    "TypedDictNode",
     "UnsupportedOnWire",
     "Validator",
+    "child_path",
     "compile_fields",
     "compile_spec",
     "contains_arrays",
 ]
 
-MISSING: Any = msgspec.UNSET  # sentinel for "key absent"; also what msgspec uses
+
+class _Missing:
+    """The type of :data:`MISSING`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()  # "key absent", in generated checks (None may be a value)
 
 
 class UnsupportedOnWire(TypeError):
-    """A spec is valid in-process but has no unambiguous msgpack form."""
+    """A spec is valid in-process but has no unambiguous form on the wire (raised by
+    the codec when it builds its wire types, at start-up)."""
 
 
 # --------------------------------------------------------------------------- codegen
 
 
-class _CodeGen:
-    """Accumulates generated functions and the objects they reference."""
+class CodeGen:
+    """Accumulates generated functions and the objects they reference (the checks here;
+    a codec's converters too)."""
 
     _ids = itertools.count()
 
@@ -121,27 +131,9 @@ class _CodeGen:
         return typing.cast(Callable[..., Any], self.ns[entry])
 
 
-def _subscript(generic: Any, params: Any) -> Any:
-    """``generic[params]`` for types built at run time (``Literal[...]``, ``Union[...]``)."""
-    return generic[params]
-
-
-# Types msgspec encodes and decodes natively (besides builtins, Structs, dataclasses).
-_MSGSPEC_TYPES = frozenset(
-    {
-        decimal.Decimal,
-        uuid.UUID,
-        _dt.datetime,
-        _dt.date,
-        _dt.time,
-        _dt.timedelta,
-        memoryview,
-        type(None),
-    }
-)
-
-
-def _path(path: str, key: object) -> str:
+def child_path(path: str, key: object) -> str:
+    """The path of ``key`` inside ``path``: ``$.qty``, or ``$['my-key']`` for a key that
+    is not an identifier."""
     if isinstance(key, str) and key.isidentifier():
         return f"{path}.{key}"
     return f"{path}[{key!r}]"
@@ -155,16 +147,16 @@ def _tname(value: object) -> str:
 
 
 class Node:
-    """One position in a spec. Subclasses know how to check, explain and decode it."""
+    """One position in a spec. Subclasses know how to check and explain it."""
 
     def describe(self) -> str:
         raise NotImplementedError
 
-    def test(self, cg: _CodeGen, var: str) -> str | None:
+    def test(self, cg: CodeGen, var: str) -> str | None:
         """An inline boolean expression for simple nodes, ``None`` for compound ones."""
         return None
 
-    def emit(self, cg: _CodeGen, var: str, ind: str) -> None:
+    def emit(self, cg: CodeGen, var: str, ind: str) -> None:
         """Append statements that ``return False`` when ``var`` is invalid."""
         expr = self.test(cg, var)
         if expr is None:
@@ -172,7 +164,7 @@ class Node:
         elif expr != "True":
             cg.lines.append(f"{ind}if not ({expr}): return False")
 
-    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+    def emit_body(self, cg: CodeGen, var: str, ind: str) -> None:
         """The statements themselves (compound nodes override this)."""
         expr = self.test(cg, var)
         if expr is not None and expr != "True":
@@ -184,10 +176,6 @@ class Node:
     def expected(self, value: Any, path: str) -> str:
         return f"expected {self.describe()}, got {_tname(value)} at {path}"
 
-    def wire(self) -> Any:
-        """The msgspec type this spec decodes as."""
-        raise NotImplementedError
-
     def compiled_check(self) -> Callable[[Any], bool]:
         """The generated ``check(value) -> bool`` for this node (built once)."""
         check: Callable[[Any], bool] | None = self.__dict__.get("_compiled_check")
@@ -196,7 +184,7 @@ class Node:
             self._compiled_check = check
         return check
 
-    def fast(self, cg: _CodeGen, var: str) -> str:
+    def fast(self, cg: CodeGen, var: str) -> str:
         """An expression that is true only for valid values, built from exact-type tests
         (``type(v) is int``): cheaper than the full check and true for the usual message.
         When it is false the full check decides (subclasses, collections, ...). Compound
@@ -204,37 +192,27 @@ class Node:
         expr = self.test(cg, var)
         return expr if expr is not None else f"{cg.check_function(self)}({var})"
 
-    def conv(self, cg: _CodeGen, var: str) -> str | None:
-        """Expression turning the decoded wire value into the plain value, if different."""
-        return None
-
 
 class AnyNode(Node):
     def describe(self) -> str:
         return "any"
 
-    def test(self, cg: _CodeGen, var: str) -> str:
+    def test(self, cg: CodeGen, var: str) -> str:
         return "True"
 
     def explain(self, value: Any, path: str) -> str | None:
         return None
-
-    def wire(self) -> Any:
-        return Any
 
 
 class NoneNode(Node):
     def describe(self) -> str:
         return "None"
 
-    def test(self, cg: _CodeGen, var: str) -> str:
+    def test(self, cg: CodeGen, var: str) -> str:
         return f"{var} is None"
 
     def explain(self, value: Any, path: str) -> str | None:
         return None if value is None else self.expected(value, path)
-
-    def wire(self) -> Any:
-        return None
 
 
 class TypeNode(Node):
@@ -242,7 +220,7 @@ class TypeNode(Node):
 
     # A subclass that is *not* an acceptable instance: bool is an int, datetime a date.
     _EXCLUDED: ClassVar[dict[type, type]] = {int: bool, _dt.date: _dt.datetime}
-    _BUILTIN_WIRE: ClassVar[frozenset[type]] = frozenset(
+    _BUILTINS: ClassVar[frozenset[type]] = frozenset(
         {int, float, bool, str, bytes, bytearray, dict, list, set, frozenset, tuple}
     )
 
@@ -252,11 +230,11 @@ class TypeNode(Node):
     def describe(self) -> str:
         return self.cls.__name__
 
-    def test(self, cg: _CodeGen, var: str) -> str:
+    def test(self, cg: CodeGen, var: str) -> str:
         cls = self.cls
         if cls is bool:
             return f"({var} is True or {var} is False)"
-        name = cls.__name__ if cls in self._BUILTIN_WIRE else cg.const(cls)
+        name = cls.__name__ if cls in self._BUILTINS else cg.const(cls)
         excluded = self._EXCLUDED.get(cls)
         if excluded is not None:
             ex = cg.const(excluded)
@@ -266,12 +244,12 @@ class TypeNode(Node):
             )
         return f"(type({var}) is {name} or isinstance({var}, {name}))"
 
-    def fast(self, cg: _CodeGen, var: str) -> str:
+    def fast(self, cg: CodeGen, var: str) -> str:
         # An exact match is valid whatever the class (bool is not int, datetime not date).
         cls = self.cls
         if cls is bool:
             return f"({var} is True or {var} is False)"
-        name = cls.__name__ if cls in self._BUILTIN_WIRE else cg.const(cls)
+        name = cls.__name__ if cls in self._BUILTINS else cg.const(cls)
         return f"type({var}) is {name}"
 
     def ok(self, value: Any) -> bool:
@@ -282,18 +260,6 @@ class TypeNode(Node):
 
     def explain(self, value: Any, path: str) -> str | None:
         return None if self.ok(value) else self.expected(value, path)
-
-    def wire(self) -> Any:
-        cls = self.cls
-        if cls in self._BUILTIN_WIRE or cls in _MSGSPEC_TYPES:
-            return cls
-        if issubclass(cls, enum.Enum) or hasattr(cls, "__attrs_attrs__"):
-            return cls
-        if issubclass(cls, tuple) and hasattr(cls, "_fields"):  # NamedTuple
-            return cls
-        # msgspec would accept any class here and defer to a decode hook at run time;
-        # we set none, so refuse up front rather than fail on the first message.
-        raise UnsupportedOnWire(f"type {cls.__qualname__} cannot be sent as msgpack")
 
 
 class _ItemsNode(Node):
@@ -308,7 +274,7 @@ class _ItemsNode(Node):
     def describe(self) -> str:
         return self.template.format(self.item.describe())
 
-    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+    def emit_body(self, cg: CodeGen, var: str, ind: str) -> None:
         cg.lines.append(f"{ind}if not isinstance({var}, {cg.const(self.kinds)}): return False")
         if not isinstance(self.item, AnyNode):
             v = cg.var()
@@ -334,14 +300,6 @@ class ListNode(_ItemsNode):
     kinds = (list,)
     template = "list[{}]"
 
-    def wire(self) -> Any:
-        return list[self.item.wire()]  # type: ignore[misc]
-
-    def conv(self, cg: _CodeGen, var: str) -> str | None:
-        v = cg.var()
-        inner = self.item.conv(cg, v)
-        return None if inner is None else f"[{inner} for {v} in {var}]"
-
 
 class SetNode(_ItemsNode):
     kinds = (set, frozenset)
@@ -350,9 +308,6 @@ class SetNode(_ItemsNode):
     @staticmethod
     def item_path(path: str, index: int, item: object) -> str:
         return f"{path}[{item!r}]"  # a set has no positions; name the item
-
-    def wire(self) -> Any:
-        return set[self.item.wire()]  # type: ignore[misc]
 
 
 class TupleNode(Node):
@@ -364,7 +319,7 @@ class TupleNode(Node):
     def describe(self) -> str:
         return f"tuple[{', '.join(i.describe() for i in self.items) or '()'}]"
 
-    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+    def emit_body(self, cg: CodeGen, var: str, ind: str) -> None:
         cg.lines.append(
             f"{ind}if not isinstance({var}, (tuple, list)) or len({var}) != {len(self.items)}:"
             " return False"
@@ -388,32 +343,12 @@ class TupleNode(Node):
                 return why
         return None
 
-    def wire(self) -> Any:
-        if not self.items:
-            return tuple[()]
-        return tuple[tuple(i.wire() for i in self.items)]  # type: ignore[misc]
-
-    def conv(self, cg: _CodeGen, var: str) -> str | None:
-        parts = [i.conv(cg, f"{var}[{n}]") for n, i in enumerate(self.items)]
-        if all(p is None for p in parts):
-            return None
-        exprs = [p if p is not None else f"{var}[{n}]" for n, p in enumerate(parts)]
-        return f"({', '.join(exprs)},)"
-
 
 class VarTupleNode(_ItemsNode):
     """``tuple[T, ...]`` (a list is accepted too, as for fixed tuples)."""
 
     kinds = (tuple, list)
     template = "tuple[{}, ...]"
-
-    def wire(self) -> Any:
-        return tuple[self.item.wire(), ...]  # type: ignore[misc]
-
-    def conv(self, cg: _CodeGen, var: str) -> str | None:
-        v = cg.var()
-        inner = self.item.conv(cg, v)
-        return None if inner is None else f"tuple({inner} for {v} in {var})"
 
 
 def _literal_ok(pairs: frozenset[tuple[type, object]], value: object) -> bool:
@@ -441,7 +376,7 @@ class LiteralNode(Node):
         shown = ", ".join(repr(v) for v in sorted(self.values, key=repr))
         return f"one of {{{shown}}}"
 
-    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+    def emit_body(self, cg: CodeGen, var: str, ind: str) -> None:
         # Group the allowed values by exact type so the common case is one set lookup:
         # `type(v) is str and v in {...}` (exact type, so True never passes for 1).
         by_type: dict[type, set[object]] = {}
@@ -449,7 +384,7 @@ class LiteralNode(Node):
             by_type.setdefault(type(value), set()).add(value)
         self._emit_one(cg, var, ind, by_type, allow_collection=self.allow_collection)
 
-    def fast(self, cg: _CodeGen, var: str) -> str:
+    def fast(self, cg: CodeGen, var: str) -> str:
         if self.values and all(type(v) is str for v in self.values):
             v = cg.var()
             return f"(type({v} := {var}) is str and {v} in {cg.const(frozenset(self.values))})"
@@ -457,7 +392,7 @@ class LiteralNode(Node):
 
     def _emit_one(
         self,
-        cg: _CodeGen,
+        cg: CodeGen,
         var: str,
         ind: str,
         by_type: dict[type, set[object]],
@@ -490,20 +425,6 @@ class LiteralNode(Node):
             return None
         return f"expected {self.describe()}, got {value!r} at {path}"
 
-    def wire(self) -> Any:
-        for v in self.values:
-            if not (v is None or isinstance(v, (str, int))):
-                raise UnsupportedOnWire(
-                    f"literal {v!r} cannot be sent as msgpack (only str, int, bool, None)"
-                )
-        lit = _subscript(typing.Literal, self.values)
-        if self.allow_collection:
-            return _subscript(Union, (lit, list[lit]))  # type: ignore[valid-type]
-        return lit
-
-    def conv(self, cg: _CodeGen, var: str) -> str | None:
-        return None
-
 
 class DictNode(Node):
     """``{K: V}``: any number of keys of type K, values of spec V."""
@@ -515,7 +436,7 @@ class DictNode(Node):
     def describe(self) -> str:
         return f"dict[{self.key.describe()}, {self.value.describe()}]"
 
-    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+    def emit_body(self, cg: CodeGen, var: str, ind: str) -> None:
         cg.lines.append(f"{ind}if not isinstance({var}, dict): return False")
         if isinstance(self.key, AnyNode) and isinstance(self.value, AnyNode):
             return
@@ -532,25 +453,15 @@ class DictNode(Node):
         for key, item in value.items():
             if self.key.explain(key, path):
                 return f"expected key of type {self.key.describe()}, got {_tname(key)} at {path}"
-            why = self.value.explain(item, _path(path, key))
+            why = self.value.explain(item, child_path(path, key))
             if why:
                 return why
         return None
-
-    def wire(self) -> Any:
-        return dict[self.key.wire(), self.value.wire()]  # type: ignore[misc]
-
-    def conv(self, cg: _CodeGen, var: str) -> str | None:
-        k, v = cg.var(), cg.var()
-        inner = self.value.conv(cg, v)
-        return None if inner is None else f"{{{k}: {inner} for {k}, {v} in {var}.items()}}"
 
 
 class FieldsNode(Node):
     """A dict with declared keys: required ones must be present, optional ones may be,
     and any other key is rejected. The top level of every model is one of these."""
-
-    _names = itertools.count()
 
     def __init__(
         self, required: dict[Any, Node], optional: dict[Any, Node], name: str = ""
@@ -558,7 +469,6 @@ class FieldsNode(Node):
         self.required = required
         self.optional = optional
         self.name = name
-        self._wire: type[msgspec.Struct] | None = None
 
     @property
     def keys(self) -> list[Any]:
@@ -567,7 +477,7 @@ class FieldsNode(Node):
     def describe(self) -> str:
         return self.name or "dict with keys " + ", ".join(map(repr, self.keys))
 
-    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+    def emit_body(self, cg: CodeGen, var: str, ind: str) -> None:
         cg.lines.append(f"{ind}if not isinstance({var}, dict): return False")
         if not self.keys:
             cg.lines.append(f"{ind}if {var}: return False")
@@ -593,22 +503,22 @@ class FieldsNode(Node):
             node.emit(cg, v, ind + "    ")
         cg.lines.append(f"{ind}if len({var}) != {n}: return False")
 
-    def fast(self, cg: _CodeGen, var: str) -> str:
+    def fast(self, cg: CodeGen, var: str) -> str:
         # Covers messages that carry no optional key; others take the full check.
         parts = [f"type({var}) is dict", f"len({var}) == {len(self.required)}"]
         parts += [node.fast(cg, f"{var}[{cg.const(key)}]") for key, node in self.required.items()]
         return "(" + " and ".join(parts) + ")"
 
     def explain(self, value: Any, path: str) -> str | None:
-        # Same order as msgspec reports while decoding: keys as they come, then any
-        # missing required key, so the wire and in-process errors read the same.
+        # Same order as the msgpack codec reports while decoding: keys as they come,
+        # then any missing required key, so the wire and in-process errors read the same.
         if not isinstance(value, dict):
             return self.expected(value, path)
         for key, item in value.items():
             node = self.required.get(key) or self.optional.get(key)
             if node is None:
                 return self.unexpected(key, path)
-            why = node.explain(item, _path(path, key))
+            why = node.explain(item, child_path(path, key))
             if why:
                 return why
         for key in self.required:
@@ -620,95 +530,6 @@ class FieldsNode(Node):
         allowed = ", ".join(map(repr, self.keys)) or "none"
         return f"unexpected key {key!r} at {path} (allowed: {allowed})"
 
-    def wire(self) -> Any:
-        if self._wire is None:
-            fields: list[tuple[Any, ...]] = []
-            rename: dict[str, str] = {}
-            for i, key in enumerate(self.keys):
-                if not isinstance(key, str):
-                    raise UnsupportedOnWire(f"key {key!r} is not a str; msgpack maps need str keys")
-                attr = f"f{i}"
-                rename[attr] = key
-                wire_type = _node_wire(self.required.get(key) or self.optional[key], key)
-                if key in self.required:
-                    fields.append((attr, wire_type))
-                else:
-                    fields.append((attr, Union[wire_type, msgspec.UnsetType], msgspec.UNSET))  # noqa: UP007
-            self._wire = msgspec.defstruct(
-                f"Fields{next(self._names)}",
-                fields,
-                rename=rename,
-                forbid_unknown_fields=True,
-                omit_defaults=True,
-            )
-        return self._wire
-
-    def conv(self, cg: _CodeGen, var: str) -> str:
-        def body() -> None:
-            items = []
-            for i, key in enumerate(self.required):
-                attr = f"x.f{i}"
-                items.append(f"{cg.const(key)}: {self.required[key].conv(cg, attr) or attr}")
-            cg.lines.append(f"    d = {{{', '.join(items)}}}")
-            offset = len(self.required)
-            for i, (key, node) in enumerate(self.optional.items()):
-                v = cg.var()
-                cg.lines.append(f"    {v} = x.f{offset + i}")
-                expr = node.conv(cg, v) or v
-                cg.lines.append(f"    if {v} is not MISSING: d[{cg.const(key)}] = {expr}")
-            cg.lines.append("    return d")
-
-        return f"{cg.function(('conv', id(self)), '_conv', body)}({var})"
-
-
-def _node_wire(node: Node, key: object) -> Any:
-    try:
-        return node.wire()
-    except UnsupportedOnWire as exc:
-        if str(exc).startswith("key "):
-            raise
-        raise UnsupportedOnWire(f"key {key!r}: {exc}") from exc
-
-
-_SEGMENT = re.compile(r"\.([^.\[]*)|\[(\d+|\.\.\.)\]")
-
-
-def node_at(node: Node, path: str) -> tuple[Node | None, str]:
-    """The node a msgspec error path (``$.orders[2].qty``, ``$.m[...]``) points into, and
-    the path rewritten in the validator's notation (``$['my-key']`` for a key that is not
-    an identifier). ``(None, path)`` when the path cannot be followed."""
-    if not path.startswith("$"):
-        return None, path
-    position, shown = 1, "$"
-    while position < len(path):
-        match = _SEGMENT.match(path, position)
-        if match is None:
-            return None, path
-        position = match.end()
-        key, index = match.groups()
-        found: Node | None = None
-        if key is not None and isinstance(node, FieldsNode):
-            found = node.required.get(key) or node.optional.get(key)
-            shown = _path(shown, key)
-        elif key is not None and isinstance(node, ClassNode):
-            found = node.fields.get(key)
-            shown = _path(shown, key)
-        elif index == "..." and isinstance(node, DictNode):
-            found, shown = node.value, f"{shown}[...]"
-        elif index is not None and isinstance(node, _ItemsNode):
-            found, shown = node.item, f"{shown}[{index}]"
-        elif (
-            index is not None
-            and index != "..."
-            and isinstance(node, TupleNode)
-            and int(index) < len(node.items)
-        ):
-            found, shown = node.items[int(index)], f"{shown}[{index}]"
-        if found is None:
-            return None, path
-        node = found
-    return node, shown
-
 
 class UnionNode(Node):
     def __init__(self, members: list[Node]) -> None:
@@ -717,7 +538,7 @@ class UnionNode(Node):
     def describe(self) -> str:
         return " | ".join(m.describe() for m in self.members)
 
-    def test(self, cg: _CodeGen, var: str) -> str:
+    def test(self, cg: CodeGen, var: str) -> str:
         parts = []
         for m in self.members:
             expr = m.test(cg, var)
@@ -738,39 +559,6 @@ class UnionNode(Node):
             return deepest
         return self.expected(value, path)
 
-    def wire(self) -> Any:
-        union = _subscript(Union, tuple(m.wire() for m in self.members))
-        try:
-            msgspec.msgpack.Decoder(union)
-        except TypeError as exc:
-            raise UnsupportedOnWire(
-                f"{self.describe()} cannot be told apart in msgpack: {exc}"
-            ) from exc
-        return union
-
-    def conv(self, cg: _CodeGen, var: str) -> str | None:
-        convs = [(m, m.conv(cg, "x")) for m in self.members]
-        if all(c is None for _, c in convs):
-            return None
-
-        def body() -> None:
-            for m, c in convs:
-                if c is None:
-                    continue
-                if isinstance(m, FieldsNode):
-                    guard = f"type(x) is {cg.const(m.wire())}"
-                elif isinstance(m, (ListNode, VarTupleNode)):
-                    guard = "type(x) is list"
-                elif isinstance(m, TupleNode):
-                    guard = "type(x) is tuple"
-                else:
-                    guard = "type(x) is dict"
-                cg.lines.append(f"    if {guard}: return {c}")
-            cg.lines.append("    return x")
-
-        name = cg.function(("uconv", id(self)), "_uconv", body)
-        return f"{name}({var})"
-
 
 class ClassNode(Node):
     """A dataclass or ``msgspec.Struct``: an instance whose fields match their annotations."""
@@ -782,11 +570,11 @@ class ClassNode(Node):
     def describe(self) -> str:
         return self.cls.__name__
 
-    def test(self, cg: _CodeGen, var: str) -> str:
+    def test(self, cg: CodeGen, var: str) -> str:
         # Always a named function: a class may refer to itself.
         return f"{cg.check_function(self)}({var})"
 
-    def emit_body(self, cg: _CodeGen, var: str, ind: str) -> None:
+    def emit_body(self, cg: CodeGen, var: str, ind: str) -> None:
         cg.lines.append(f"{ind}if not isinstance({var}, {cg.const(self.cls)}): return False")
         for field, node in self.fields.items():
             v = cg.var()
@@ -797,13 +585,10 @@ class ClassNode(Node):
         if not isinstance(value, self.cls):
             return self.expected(value, path)
         for name, node in self.fields.items():
-            why = node.explain(getattr(value, name), _path(path, name))
+            why = node.explain(getattr(value, name), child_path(path, name))
             if why:
                 return why
         return None
-
-    def wire(self) -> Any:
-        return self.cls
 
 
 class NdarrayNode(Node):
@@ -818,7 +603,7 @@ class NdarrayNode(Node):
     def describe(self) -> str:
         return "ndarray"
 
-    def test(self, cg: _CodeGen, var: str) -> str:
+    def test(self, cg: CodeGen, var: str) -> str:
         return f"{cg.const(self.ok)}({var})"
 
     def ok(self, value: Any) -> bool:
@@ -837,11 +622,6 @@ class NdarrayNode(Node):
     def explain(self, value: Any, path: str) -> str | None:
         why = self.why_not(value)
         return None if why is None else f"{why} at {path}"
-
-    def wire(self) -> Any:
-        # A custom type to msgspec: rebuilt by the arrays hooks (codec.py sets them on
-        # decoders whose models contain this node).
-        return self.ndarray
 
 
 def _array_node(spec: object) -> NdarrayNode | None:
@@ -895,6 +675,12 @@ def _is_typeddict(obj: object) -> bool:
     return isinstance(obj, type) and issubclass(obj, dict) and hasattr(obj, "__total__")
 
 
+def _is_struct(cls: type) -> bool:
+    """A ``msgspec.Struct`` subclass, told by the attribute every Struct class has (a
+    model naming a Struct has imported msgspec itself; nothing here needs to)."""
+    return isinstance(getattr(cls, "__struct_fields__", None), tuple)
+
+
 def _is_type_like(obj: object) -> bool:
     """True for a class or a typing construct (as opposed to a literal value)."""
     if isinstance(obj, type) or obj is Any or obj is None:
@@ -943,7 +729,7 @@ def _compile(spec: object, memo: dict[int, Node], where: str) -> Node:
             return DictNode(key_node, _compile(spec[keys[0]], memo, f"{where}{{value}}"))
         if any(isinstance(k, type) for k in keys):
             raise SpecError(f"{where}: a dict spec mixes a type key with literal keys: {spec!r}")
-        return FieldsNode({k: _compile(v, memo, _path(where, k)) for k, v in spec.items()}, {})
+        return FieldsNode({k: _compile(v, memo, child_path(where, k)) for k, v in spec.items()}, {})
     array = _array_node(spec)
     if array is not None:
         return array
@@ -981,7 +767,7 @@ def _compile(spec: object, memo: dict[int, Node], where: str) -> Node:
     if isinstance(spec, type):
         if _is_typeddict(spec):
             return _compile_typeddict(spec, memo, where)
-        if dataclasses.is_dataclass(spec) or issubclass(spec, msgspec.Struct):
+        if dataclasses.is_dataclass(spec) or _is_struct(spec):
             return _compile_class(spec, memo, where)
         return TypeNode(spec)
     raise SpecError(f"{where}: {spec!r} is not a type spec")
@@ -990,13 +776,13 @@ def _compile(spec: object, memo: dict[int, Node], where: str) -> Node:
 def _compile_typeddict(spec: type, memo: dict[int, Node], where: str) -> Node:
     if id(spec) in memo:
         return memo[id(spec)]
-    node = _TypedDictNode(spec)
+    node = TypedDictNode(spec)
     memo[id(spec)] = node  # before the fields: a TypedDict may refer to itself
     hints = typing.get_type_hints(spec)
     required = getattr(spec, "__required_keys__", frozenset(hints))
     for key, hint in hints.items():
         target = node.required if key in required else node.optional
-        target[key] = _compile(_strip_required(hint), memo, _path(where, key))
+        target[key] = _compile(_strip_required(hint), memo, child_path(where, key))
     return node
 
 
@@ -1008,23 +794,18 @@ def _strip_required(hint: object) -> object:
     return hint
 
 
-class _TypedDictNode(FieldsNode):
-    """A TypedDict: checked like a nested dict spec, decoded natively by msgspec."""
+class TypedDictNode(FieldsNode):
+    """A TypedDict: checked like a nested dict spec; a codec may decode it natively
+    (the msgpack codec does, and so drops keys it does not declare)."""
 
     def __init__(self, td: type) -> None:
         super().__init__({}, {}, name=td.__name__)
         self.td = td
 
-    def test(self, cg: _CodeGen, var: str) -> str:
+    def test(self, cg: CodeGen, var: str) -> str:
         return f"{cg.check_function(self)}({var})"
 
     fast = test  # a call, not FieldsNode's inline expression: it may refer to itself
-
-    def wire(self) -> Any:
-        return self.td
-
-    def conv(self, cg: _CodeGen, var: str) -> str | None:  # type: ignore[override]
-        return None
 
 
 def _compile_class(spec: type, memo: dict[int, Node], where: str) -> Node:
@@ -1038,7 +819,7 @@ def _compile_class(spec: type, memo: dict[int, Node], where: str) -> Node:
     else:
         names = list(spec.__struct_fields__)  # type: ignore[attr-defined]
     for name in names:
-        node.fields[name] = _compile(hints.get(name, Any), memo, _path(where, name))
+        node.fields[name] = _compile(hints.get(name, Any), memo, child_path(where, name))
     return node
 
 
@@ -1069,8 +850,8 @@ def compile_fields(required: object, optional: object, *, what: str = "model") -
         return cached
     memo: dict[int, Node] = {}
     node = FieldsNode(
-        {k: _compile(v, memo, _path("$", k)) for k, v in req.items()},
-        {k: _compile(v, memo, _path("$", k)) for k, v in opt.items()},
+        {k: _compile(v, memo, child_path("$", k)) for k, v in req.items()},
+        {k: _compile(v, memo, child_path("$", k)) for k, v in opt.items()},
     )
     if key is not None:
         _MODEL_CACHE[key] = node
@@ -1108,7 +889,7 @@ def _spec_key(spec: object) -> Hashable | None:
 
 
 def _build_check(node: Node) -> Callable[[Any], bool]:
-    cg = _CodeGen()
+    cg = CodeGen()
     full = cg.check_function(node)
     if not isinstance(node, FieldsNode):
         return cg.build(full)
@@ -1180,22 +961,3 @@ class Validator:
 
 def _always_true(value: Any) -> bool:
     return True
-
-
-def build_converter(node: Node) -> Callable[[Any], Any] | None:
-    """A function turning a value decoded as ``node.wire()`` into plain dicts/lists,
-    or ``None`` when the decoded value already is plain."""
-    cg = _CodeGen()
-    holder: list[str | None] = []
-
-    def body() -> None:
-        holder.append(node.conv(cg, "x"))
-        cg.lines.append(f"    return {holder[0]}")
-
-    name = cg.function("entry", "_entry", body)
-    if holder[0] is None:
-        return None
-    convert = cg.build(name)
-    # An entry that only calls one generated function is that function: one call less.
-    called = holder[0].removesuffix("(x)")
-    return typing.cast(Callable[[Any], Any], cg.ns[called]) if called in cg.ns else convert

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import zmq
 
+from ..codec import DEFAULT_CODEC, Codec
 from ..errors import ValidationError
 from ..logs import RateLimit
 from ..names import host_name_of
@@ -101,6 +102,8 @@ class ConnectionEnv:
     # Whether the pipeline measures handling times (inline calls, which run in their
     # caller's time, are not measured).
     timed: bool = True
+    # Builds each connection's codec (frames <-> messages); see codec.py.
+    codec: Codec = DEFAULT_CODEC
 
 
 class Connection:

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ..codec import PublishCodec
 from ..transport import sender_of
 
 if TYPE_CHECKING:
@@ -78,7 +77,7 @@ class Publisher(OutboundConnection):
         # every frame, so it is short (a readable name cost a third more bytes per small
         # message); open() logs which service and connection it stands for.
         self.publisher_name = secrets.token_hex(4)
-        self.codec = PublishCodec(
+        self.codec = self.env.codec.one_way(
             model.args,
             self.topic,
             max_bytes=self.socket_options.max_message_bytes,

@@ -18,7 +18,6 @@ from typing import Any
 
 import zmq
 
-from ..codec import PublishCodec
 from ..errors import DecodeError, ValidationError
 from .base import ConnectionEnv, InboundConnection, Reader, socket_reader
 
@@ -34,7 +33,9 @@ class Puller(InboundConnection):
 
     def __init__(self, model: Any, env: ConnectionEnv) -> None:
         super().__init__(model, env)
-        self.codec = PublishCodec(model.args, "", max_bytes=self.socket_options.max_message_bytes)
+        self.codec = self.env.codec.one_way(
+            model.args, "", max_bytes=self.socket_options.max_message_bytes
+        )
         self.socket: zmq.Socket[Any] | None = None
 
     def open(self, addresses: Mapping[str, Any]) -> None:

@@ -20,7 +20,6 @@ from typing import Any
 
 import zmq
 
-from ..codec import PublishCodec
 from ..errors import RequestTimeout
 from ..transport import sender_of
 from .base import (
@@ -46,7 +45,9 @@ class Pusher(OutboundConnection):
     def __init__(self, model: Any, env: ConnectionEnv) -> None:
         super().__init__(model, env)
         self.timeout_s = float(model.creation_arguments.get("timeout_s", self.DEFAULT_TIMEOUT_S))
-        self.codec = PublishCodec(model.args, "", max_bytes=self.socket_options.max_message_bytes)
+        self.codec = self.env.codec.one_way(
+            model.args, "", max_bytes=self.socket_options.max_message_bytes
+        )
         self.socket: zmq.Socket[Any] | None = None
         self._send: Callable[[Any], Any] = self._closed
         self._push = self._pusher()

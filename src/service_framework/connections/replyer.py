@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 
 import zmq
 
-from ..codec import MessageCodec
 from ..errors import DecodeError, ValidationError
 from ..pipeline import Delivery
 from ..transport import sender_of
@@ -53,7 +52,7 @@ class Replyer(InboundConnection):
     def __init__(self, model: Any, env: ConnectionEnv) -> None:
         super().__init__(model, env)
         assert model.returns is not None
-        self.codec = MessageCodec(
+        self.codec = self.env.codec.request_reply(
             model.args, model.returns, max_bytes=self.socket_options.max_message_bytes
         )
         self.socket: zmq.Socket[Any] | None = None

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 
-from ..codec import MessageCodec
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
 from ..transport import send_bytes
 from ..workflow import NEXT_CALL, next_workflow_id
@@ -68,7 +67,7 @@ class Requester(OutboundConnection):
         self._slice_ms = min(self._timeout_ms, _SLICE_MS)
         self._slice_s = self._slice_ms / 1000
         self._max_bytes = self.socket_options.max_message_bytes
-        self.codec = MessageCodec(
+        self.codec = self.env.codec.request_reply(
             model.args, model.returns, max_bytes=self.socket_options.max_message_bytes
         )
         self._check_args = model.args.check

@@ -26,7 +26,6 @@ from typing import Any
 
 import zmq
 
-from ..codec import PublishCodec
 from ..errors import DecodeError, ValidationError
 from ..logs import RateLimit, clip
 from .base import ConnectionEnv, InboundConnection, Reader, socket_reader
@@ -141,7 +140,7 @@ class Subscriber(InboundConnection):
                 ),
             )
         self.topic: str = model.creation_arguments.get("topic") or ""
-        self.codec = PublishCodec(
+        self.codec = self.env.codec.one_way(
             model.args, self.topic, max_bytes=self.socket_options.max_message_bytes
         )
         self.socket: zmq.Socket[Any] | None = None

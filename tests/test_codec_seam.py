@@ -1,0 +1,196 @@
+"""The codec seam (codec.py): connections build their codecs through the codec on their
+environment, and msgspec stays inside the msgpack codec module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import service_framework
+from service_framework.codec import (
+    DEFAULT_CODEC,
+    Codec,
+    OneWayCodec,
+    Published,
+    Request,
+    RequestReplyCodec,
+)
+from service_framework.connections.base import ConnectionEnv
+from service_framework.errors import ValidationError
+from service_framework.models import parse_connection_models
+from service_framework.msgpack_codec import MSGPACK
+from service_framework.validation import Node, Validator
+
+PACKAGE = Path(service_framework.__file__).parent
+
+
+def handler(args: Any, to_send: Any, config: Any) -> None:
+    return None
+
+
+def _model(kind: str, **creation: Any) -> dict[str, Any]:
+    return {
+        "connection_type": kind,
+        "optional_creation_arguments": creation,
+        "required_arguments": {"n": int},
+    }
+
+
+MODELS = {
+    "in": {
+        "answer": {
+            **_model("replyer"),
+            "required_creation_arguments": {"connection_function": handler},
+        },
+        "listen": {
+            **_model("subscriber", topic="news"),
+            "required_creation_arguments": {"connection_function": handler},
+        },
+        "work": {
+            **_model("puller"),
+            "required_creation_arguments": {"connection_function": handler},
+        },
+    },
+    "out": {
+        "ask": {**_model("requester"), "required_return_arguments": {"ok": bool}},
+        "tell": _model("publisher", topic="news"),
+        "hand_out": _model("pusher"),
+    },
+}
+
+
+class RecordingCodec:
+    """A :class:`Codec` that builds the msgpack codec's codecs and records each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Validator, Any, int]] = []
+        self.built: list[Any] = []
+
+    def request_reply(
+        self, args: Validator, returns: Validator, *, max_bytes: int = 1 << 20
+    ) -> RequestReplyCodec:
+        self.calls.append(("request_reply", args, returns, max_bytes))
+        self.built.append(MSGPACK.request_reply(args, returns, max_bytes=max_bytes))
+        return self.built[-1]  # type: ignore[no-any-return]
+
+    def one_way(
+        self, args: Validator, topic: str, *, max_bytes: int = 1 << 20, publisher: str = ""
+    ) -> OneWayCodec:
+        self.calls.append(("one_way", args, topic, max_bytes))
+        self.built.append(MSGPACK.one_way(args, topic, max_bytes=max_bytes, publisher=publisher))
+        return self.built[-1]  # type: ignore[no-any-return]
+
+    def check_wire(self, node: Node) -> None:
+        MSGPACK.check_wire(node)
+
+
+@pytest.mark.parametrize(
+    ("side", "name", "built_with"),
+    [
+        ("in", "answer", "request_reply"),
+        ("in", "listen", "one_way"),
+        ("in", "work", "one_way"),
+        ("out", "ask", "request_reply"),
+        ("out", "tell", "one_way"),
+        ("out", "hand_out", "one_way"),
+    ],
+)
+def test_connections_build_their_codec_through_the_environment(
+    side: str, name: str, built_with: str
+) -> None:
+    models = parse_connection_models("svc", MODELS)
+    model = (models.inbound if side == "in" else models.outbound)[name]
+    codec = RecordingCodec()
+    env = ConnectionEnv(
+        service="svc", config={}, context=None, to_send=lambda *_: None, codec=codec
+    )
+    connection = model.kind(model, env)
+    ((method, args, third, max_bytes),) = codec.calls
+    assert method == built_with
+    assert args is model.args
+    assert max_bytes == connection.socket_options.max_message_bytes
+    if built_with == "request_reply":
+        assert third is model.returns
+    else:
+        assert third == ("news" if name in ("listen", "tell") else "")
+    assert connection.codec is codec.built[0]  # type: ignore[attr-defined]
+
+
+def test_the_default_codec_is_msgpack_and_round_trips() -> None:
+    env = ConnectionEnv(service="svc", config={}, context=None, to_send=lambda *_: None)
+    assert env.codec is DEFAULT_CODEC is MSGPACK
+    codec: Codec = env.codec
+    models = parse_connection_models("svc", MODELS)
+    ask = models.outbound["ask"]
+    assert ask.returns is not None
+    pair = codec.request_reply(ask.args, ask.returns)
+    request = pair.decode_request(pair.encode_request({"n": 1}, "wf"))
+    assert isinstance(request, Request)
+    assert (request.args, request.workflow_id) == ({"n": 1}, "wf")
+    one_way = codec.one_way(ask.args, "news", publisher="p1")
+    frame = one_way.encode({"n": 2}, "wf", 5)
+    assert frame.startswith(one_way.prefix) and one_way.prefix in one_way.prefixes
+    published = one_way.decode(frame)
+    assert isinstance(published, Published)
+    assert (published.args, published.publisher, published.seq) == ({"n": 2}, "p1", 5)
+    with pytest.raises(ValidationError, match=r"^svc: ask\.args: expected int, got str at \$\.n$"):
+        one_way.decode(one_way.encode({"n": "x"}, "wf"))
+
+
+def _imports_of(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.partition(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.partition(".")[0])
+    return names
+
+
+def test_msgspec_is_imported_by_the_msgpack_codec_alone() -> None:
+    importers = sorted(
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if "msgspec" in _imports_of(path)
+    )
+    assert importers == ["msgpack_codec.py"]
+
+
+def test_validation_imports_no_wire_format() -> None:
+    imported = _imports_of(PACKAGE / "validation.py")
+    assert "msgspec" not in imported and "msgpack" not in imported and "zmq" not in imported
+
+
+def test_array_models_get_codecs_that_send_large_frames_without_a_copy() -> None:
+    np = pytest.importorskip("numpy")
+    import zmq
+
+    models = parse_connection_models(
+        "svc",
+        {
+            "out": {
+                "ask": {
+                    "connection_type": "requester",
+                    "required_arguments": {"a": np.ndarray},
+                    "required_return_arguments": {"ok": bool},
+                },
+                "tell": {"connection_type": "publisher", "required_arguments": {"a": np.ndarray}},
+            }
+        },
+    )
+    ask, tell = models.outbound["ask"], models.outbound["tell"]
+    assert ask.returns is not None
+    big, small = {"a": np.zeros(zmq.COPY_THRESHOLD)}, {"a": np.zeros(1)}
+    pair = DEFAULT_CODEC.request_reply(ask.args, ask.returns)
+    one_way = DEFAULT_CODEC.one_way(tell.args, "")
+    for frame in (pair.encode_request(big, "w"), one_way.encode(big, "w")):
+        assert isinstance(frame, zmq.Frame)
+        assert len(frame) > zmq.COPY_THRESHOLD
+    assert type(pair.encode_request(small, "w")) is bytes
+    decoded = pair.decode_request(bytes(pair.encode_request(big, "w")))
+    assert (decoded.args["a"] == big["a"]).all()
+    plain = DEFAULT_CODEC.request_reply(ask.returns, ask.returns)  # no arrays: plain bytes
+    assert type(plain.encode_request({"ok": True}, "w")) is bytes
