@@ -15,7 +15,9 @@ What is measured
     * The figure is the sum of the subscribers' delivered rates, each ``(count - 1) /
       (t_last - t_first)`` at that subscriber: PUB drops messages for a subscriber that
       falls behind, so what counts is what arrives, and the sum is the work the system
-      got done. The slowest subscriber's rate and the share delivered are shown too.
+      got done. The slowest subscriber's rate and the share delivered are shown too, and
+      the CPU time (all threads) per message sent by the publisher and per message
+      delivered at a subscriber.
     * Framework and bare runs alternate for ``--rounds`` rounds (fresh processes each);
       the headline is the median of the per-round ratios.
 
@@ -141,7 +143,10 @@ def run(n: int, rounds: int, subscribers: int, hwm: int) -> int:
         f"second, all subscribers together (N={n:,} sent, sndhwm=rcvhwm={hwm:,}, "
         f"{rounds} rounds)"
     )
-    print(f"  {'':<34}{'delivered/s':>12}{'slowest/s':>11}{'sent/s':>10}{'delivered':>10}")
+    print(
+        f"  {'':<34}{'delivered/s':>12}{'slowest/s':>11}{'sent/s':>10}{'delivered':>10}"
+        f"{'pub CPU':>10}{'sub CPU':>10}"
+    )
     labels = {"framework": "framework publisher, subscribers", "bare": "bare PUB, SUB loops"}
     totals = {
         kind: [sum(s["rate"] for s in subs) for _, subs in runs] for kind, runs in results.items()
@@ -154,11 +159,18 @@ def run(n: int, rounds: int, subscribers: int, hwm: int) -> int:
         share = statistics.median(
             100.0 * sum(s["count"] for s in subs) / (pub["sent"] * len(subs)) for pub, subs in runs
         )
+        pub_us = statistics.median(1e6 * pub["cpu_s"] / pub["sent"] for pub, _ in runs)
+        sub_us = statistics.median(
+            1e6 * sum(s["cpu_s"] for s in subs) / max(1, sum(s["count"] for s in subs))
+            for _, subs in runs
+        )
         print(
             f"  {labels[kind]:<34}{statistics.median(totals[kind]):>12,.0f}"
             f"{statistics.median(slowest[kind]):>11,.0f}{sent:>10,.0f}{share:>9.1f}%"
+            f"{pub_us:>7.2f} us{sub_us:>7.2f} us"
         )
-    print("  (delivered: the share of the messages sent that reached a subscriber, median)")
+    print("  (delivered: the share of the messages sent that reached a subscriber; CPU: per")
+    print("   message sent (pub) / delivered (sub), all threads; medians)")
     print(f"  load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     slow_ratio, slow_line = paired_summary(slowest["framework"], slowest["bare"])
     print("slowest subscriber:")

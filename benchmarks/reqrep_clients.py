@@ -17,11 +17,14 @@ What is measured
       The headline is the median of the per-round ratios (each round's pair met the
       same machine conditions). The slowest and the fastest client are shown too (REP
       serves its peers in turn, so they should be close).
+    * CPU per round trip: the CPU time (all threads) of the side's server and clients
+      over its window, divided by its round trips. On a small machine the throughput
+      tracks it, and it is far less disturbed by other load than wall time.
 
 Target
     * framework / bare >= 0.9x (aggregate round trips per second, 16 clients)
 
-Run: ``python benchmarks/reqrep_clients.py [--n 16] [--seconds 2] [--rounds 5]`` (``--n``:
+Run: ``python benchmarks/reqrep_clients.py [--n 16] [--seconds 1] [--rounds 7]`` (``--n``:
 client processes per side).
 Every process it starts is stopped on exit. Exits 0 after reporting (numbers are not
 asserted); 1 if the benchmark itself could not run (with the failing process's output).
@@ -44,6 +47,7 @@ from _harness import (
     Proc,
     Procs,
     cli_argv,
+    cpu_seconds,
     in_session,
     paired_summary,
     read_result,
@@ -133,7 +137,8 @@ def await_files(paths: Sequence[Path], timeout_s: float, watch: Sequence[Proc]) 
         time.sleep(POLL_S)
 
 
-Results = dict[str, list[list[dict[str, float]]]]  # kind -> rounds -> clients' results
+# kind -> rounds -> (the clients' results, the side's CPU seconds over the window)
+Results = dict[str, list[tuple[list[dict[str, float]], float]]]
 
 
 def measure(
@@ -184,12 +189,15 @@ def measure(
 
     results: Results = {kind: [] for kind in KINDS}
     for i in range(1, rounds + 1):
-        for kind in KINDS:
+        for kind, server in zip(KINDS, servers, strict=True):
+            side = [server, *started[kind]]
+            cpu = sum(cpu_seconds(proc.pid) for proc in side)
             _touch(str(work / f"{kind}_go_{i}"), f"{time.monotonic() + LEAD_S!r} {seconds!r}")
             outs = [work / f"{kind}_{k}_result_{i}.json" for k in range(clients)]
             await_files(outs, LEAD_S + seconds + 30.0, servers + started[kind])
-            results[kind].append([read_result(path, f"{kind} client") for path in outs])
-        rate = {kind: sum(r["rate"] for r in results[kind][-1]) for kind in KINDS}
+            cpu = sum(cpu_seconds(proc.pid) for proc in side) - cpu
+            results[kind].append(([read_result(path, f"{kind} client") for path in outs], cpu))
+        rate = {kind: sum(r["rate"] for r in results[kind][-1][0]) for kind in KINDS}
         print(
             f"  round {i}/{rounds}: framework {rate['framework']:>9,.0f}/s   "
             f"bare {rate['bare']:>9,.0f}/s",
@@ -208,24 +216,41 @@ def run(clients: int, seconds: float, rounds: int, warmup: int) -> int:
     )
     if results is None:
         return 1
-    totals = {kind: [sum(r["rate"] for r in one) for one in runs] for kind, runs in results.items()}
+    totals = {
+        kind: [sum(r["rate"] for r in one) for one, _ in runs] for kind, runs in results.items()
+    }
+    # CPU per round trip, us: the side's processes over the window (idle lead included).
+    cpu_us = {
+        kind: [1e6 * cpu / sum(r["count"] for r in one) for one, cpu in runs]
+        for kind, runs in results.items()
+    }
     print()
     print(
         f"request/reply, {clients} client processes against one replyer: round trips per "
         f"second, all clients together ({rounds} windows of {seconds:g}s per side)"
     )
-    print(f"  {'':<26}{'median/s':>10}{'min/s':>10}{'max/s':>10}{'slowest':>10}{'fastest':>10}")
+    print(
+        f"  {'':<26}{'median/s':>10}{'min/s':>10}{'max/s':>10}{'slowest':>10}{'fastest':>10}"
+        f"{'CPU/trip':>11}"
+    )
     labels = {"framework": "framework (CLI processes)", "bare": "bare pyzmq + msgpack"}
     for kind, rates in totals.items():
-        slowest = statistics.median(min(r["rate"] for r in one) for one in results[kind])
-        fastest = statistics.median(max(r["rate"] for r in one) for one in results[kind])
+        slowest = statistics.median(min(r["rate"] for r in one) for one, _ in results[kind])
+        fastest = statistics.median(max(r["rate"] for r in one) for one, _ in results[kind])
         print(
             f"  {labels[kind]:<26}{statistics.median(rates):>10,.0f}{min(rates):>10,.0f}"
             f"{max(rates):>10,.0f}{slowest:>10,.0f}{fastest:>10,.0f}"
+            f"{statistics.median(cpu_us[kind]):>8.1f} us"
         )
-    print("  (slowest/fastest: one client's round trips per second, median over the windows)")
+    print("  (slowest/fastest: one client's round trips per second, median over the windows;")
+    print("   CPU/trip: CPU time of the server and every client per round trip, all threads)")
     print(f"  load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
+    cpu_ratio, cpu_line = paired_summary(cpu_us["bare"], cpu_us["framework"])
+    print("CPU per round trip, bare / framework (1.0: the framework costs what bare does):")
+    print(cpu_line)
+    print(f"  CPU ratio bare/framework: {cpu_ratio:.2f}x")
     ratio, rounds_line = paired_summary(totals["framework"], totals["bare"])
+    print("round trips per second, all clients together:")
     print(rounds_line)
     verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
     print(
@@ -240,8 +265,7 @@ def main() -> int:
         bare_client(*sys.argv[2:8])
         return 0
     parser = _harness.parser(__doc__, 16, "client processes per side")
-    parser.set_defaults(rounds=5)
-    parser.add_argument("--seconds", type=float, default=2.0, help="length of each window")
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of each window")
     parser.add_argument("--warmup", type=int, default=200, help="untimed round trips first")
     args = parser.parse_args()
     _harness.PIN = args.pin
