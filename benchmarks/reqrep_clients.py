@@ -18,8 +18,9 @@ What is measured
       same machine conditions). The slowest and the fastest client are shown too (REP
       serves its peers in turn, so they should be close).
     * CPU per round trip: the CPU time (all threads) of the side's server and clients
-      over its window, divided by its round trips. On a small machine the throughput
-      tracks it, and it is far less disturbed by other load than wall time.
+      over its window (each client times its own), divided by its round trips. On a
+      small machine the throughput tracks it, and it is far less disturbed by other
+      load than wall time.
 
 Target
     * framework / bare >= 0.9x (aggregate round trips per second, 16 clients)
@@ -85,17 +86,19 @@ def bare_client(
         start, length = _await_window(f"{go_prefix}{window}")
         time.sleep(max(0.0, start - now()))
         end = start + length
-        count = 0
+        count, cpu_started = 0, time.process_time()
         while now() < end:
             send(packb(payload))
             reply = unpackb(recv())
             count += 1
-        seconds = now() - start
+        seconds, cpu_s = now() - start, time.process_time() - cpu_started
         if count and reply != EXPECTED:
             raise RuntimeError(f"unexpected reply {reply!r}")
         result = f"{out}{window}.json"
         with open(result + ".tmp", "w") as f:
-            json.dump({"count": count, "seconds": seconds, "rate": count / seconds}, f)
+            json.dump(
+                {"count": count, "seconds": seconds, "rate": count / seconds, "cpu_s": cpu_s}, f
+            )
         os.replace(result + ".tmp", result)
 
 
@@ -190,13 +193,14 @@ def measure(
     results: Results = {kind: [] for kind in KINDS}
     for i in range(1, rounds + 1):
         for kind, server in zip(KINDS, servers, strict=True):
-            side = [server, *started[kind]]
-            cpu = sum(cpu_seconds(proc.pid) for proc in side)
+            server_cpu = cpu_seconds(server.pid)
             _touch(str(work / f"{kind}_go_{i}"), f"{time.monotonic() + LEAD_S!r} {seconds!r}")
             outs = [work / f"{kind}_{k}_result_{i}.json" for k in range(clients)]
             await_files(outs, LEAD_S + seconds + 30.0, servers + started[kind])
-            cpu = sum(cpu_seconds(proc.pid) for proc in side) - cpu
-            results[kind].append(([read_result(path, f"{kind} client") for path in outs], cpu))
+            server_cpu = cpu_seconds(server.pid) - server_cpu
+            one = [read_result(path, f"{kind} client") for path in outs]
+            # The clients time their own CPU (a client may exit right after its last window).
+            results[kind].append((one, server_cpu + sum(r["cpu_s"] for r in one)))
         rate = {kind: sum(r["rate"] for r in results[kind][-1][0]) for kind in KINDS}
         print(
             f"  round {i}/{rounds}: framework {rate['framework']:>9,.0f}/s   "
@@ -219,7 +223,7 @@ def run(clients: int, seconds: float, rounds: int, warmup: int) -> int:
     totals = {
         kind: [sum(r["rate"] for r in one) for one, _ in runs] for kind, runs in results.items()
     }
-    # CPU per round trip, us: the side's processes over the window (idle lead included).
+    # CPU per round trip, us: the side's processes over the window.
     cpu_us = {
         kind: [1e6 * cpu / sum(r["count"] for r in one) for one, cpu in runs]
         for kind, runs in results.items()

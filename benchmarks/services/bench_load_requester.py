@@ -4,9 +4,10 @@ of one replyer, timed in windows that every client shares.
 ``warmup`` untimed round trips, then ``ready_path`` is created. Then, for each window
 ``r`` in 1..``windows``: wait for ``<go_prefix><r>`` (it holds the window's start, a
 ``time.monotonic()`` time, and its length in seconds), make round trips from the start
-until the window ends, and write ``{"count", "seconds", "rate"}`` as JSON to
-``<result_prefix><r>.json``. Every client's window is the same span of time, so the sum
-of the clients' rates is the replyer's throughput with all of them at once.
+until the window ends, and write ``{"count", "seconds", "rate", "cpu_s"}`` as JSON to
+``<result_prefix><r>.json`` (``cpu_s``: this process's CPU time, all threads, over the
+window). Every client's window is the same span of time, so the sum of the clients'
+rates is the replyer's throughput with all of them at once.
 
 Addresses: ``{"in": {}, "out": {"order": {"requester": "127.0.0.1:PORT"}}}``.
 """
@@ -71,14 +72,16 @@ def main(to_send, config):
         start, length = _window(f"{config['go_prefix']}{window}")
         time.sleep(max(0.0, start - now()))
         end = start + length
-        count = 0
+        count, cpu_started = 0, time.process_time()
         while now() < end:
             reply = to_send("order", PAYLOAD)
             count += 1
-        seconds = now() - start
+        seconds, cpu_s = now() - start, time.process_time() - cpu_started
         if count and reply != EXPECTED:
             raise RuntimeError(f"unexpected reply {reply!r}")
         result = f"{config['result_prefix']}{window}.json"
         with open(result + ".tmp", "w") as f:
-            json.dump({"count": count, "seconds": seconds, "rate": count / seconds}, f)
+            json.dump(
+                {"count": count, "seconds": seconds, "rate": count / seconds, "cpu_s": cpu_s}, f
+            )
         os.replace(result + ".tmp", result)  # the benchmark reads it once it exists
