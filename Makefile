@@ -31,7 +31,9 @@ bench: $(STAMP)
 	$(PY) benchmarks/validation.py
 	$(PY) benchmarks/inline.py
 	$(PY) benchmarks/reqrep.py
+	$(PY) benchmarks/reqrep_clients.py
 	$(PY) benchmarks/pubsub.py
+	$(PY) benchmarks/pubsub_fanout.py
 	$(PY) benchmarks/ndarray.py
 
 clean:

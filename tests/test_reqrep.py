@@ -578,3 +578,31 @@ def test_requests_still_queued_at_the_stop_timeout_get_a_stopping_error(
     assert sorted(served + refused) == list(range(count)), outcomes
     assert served and refused, outcomes
     assert stats.handled == len(served) and stats.rejected == len(refused), stats
+
+
+def test_a_reply_after_the_first_receive_slice_counts_one_attempt(client, server) -> None:
+    # A reply within the first receive slice (0.1 s) is read on the requester's straight
+    # line; a later one, or one sent before any connection was up, on its long way,
+    # which carries on with the same attempt: one call, one attempt, both ways.
+    runtime = client(
+        requester_models(timeout_s=10, retries=2),
+        {"out": {"request": {"requester": server.address}}},
+    )
+    replies: list[Any] = []
+    for order_id in ("slow", "fast"):
+        thread = threading.Thread(
+            target=lambda o=order_id: replies.append(
+                runtime.to_send("request", {**ORDER, "order_id": o})
+            ),
+            daemon=True,
+        )
+        thread.start()
+        envelope, request = server.receive()
+        if order_id == "slow":
+            time.sleep(0.3)  # the scenario: answered after the first slice has passed
+        server.answer(envelope, {"order_id": request["args"]["order_id"], "total": 1.0})
+        thread.join(10)
+    assert replies == [{"order_id": "slow", "total": 1.0}, {"order_id": "fast", "total": 1.0}]
+    stats = runtime.stats()["request"]
+    counts = (stats.received, stats.handled, stats.failed, stats.timeouts, stats.retries)
+    assert counts == (2, 2, 0, 0, 0)

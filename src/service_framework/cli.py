@@ -17,11 +17,10 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from importlib import import_module
 from typing import Any
 
 from . import __version__
-from .asyncapi import main as _asyncapi_main
-from .check import main as _check_main
 from .config import (
     dangling_key_message,
     environment_config,
@@ -30,14 +29,10 @@ from .config import (
     parse_cli_pairs,
 )
 from .errors import AddressError, ConfigError, ServiceFrameworkError, StartupError
-from .export import export_main
-from .graph import main as _graph_main
 from .logs import DEFAULT_LOG_MAX_BYTES
 from .probe import PROBE_FILE_ENV, probe_main
 from .security import Curve, create_keypair
 from .service import Service
-from .topology_run import main as _run_main
-from .up import up_main
 
 __all__ = ["main"]
 
@@ -244,15 +239,27 @@ def _keygen(argv: list[str]) -> int:
     return 0
 
 
+def _lazy(module: str, name: str) -> Callable[[list[str]], int]:
+    """The command ``name`` of ``module`` (relative to this package), imported when it
+    runs: starting a service loads none of the topology, export or graph machinery."""
+
+    def command(argv: list[str]) -> int:
+        main: Callable[[list[str]], int] = getattr(import_module(module, __package__), name)
+        return main(argv)
+
+    command.__qualname__ = f"{module.lstrip('.')}.{name}"
+    return command
+
+
 # ``service_framework NAME ARGS...`` runs ``SUBCOMMANDS[NAME](ARGS)`` and exits with what
 # it returns; anything else runs a service. Each command parses its own arguments.
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {
     "keygen": _keygen,
-    "check": _check_main,
-    "run": _run_main,
-    "asyncapi": _asyncapi_main,
-    "graph": _graph_main,
+    "check": _lazy(".check", "main"),
+    "run": _lazy(".topology_run", "main"),
+    "asyncapi": _lazy(".asyncapi", "main"),
+    "graph": _lazy(".graph", "main"),
     "probe": probe_main,
-    "export": export_main,
-    "up": up_main,
+    "export": _lazy(".export", "export_main"),
+    "up": _lazy(".up", "up_main"),
 }

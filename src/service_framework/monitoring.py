@@ -46,6 +46,7 @@ import itertools
 import logging
 import os
 import resource
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -53,7 +54,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from .connections.base import Connection, OutboundConnection
 
@@ -131,6 +131,22 @@ class LogLimiter:
 
 def _suppressed(count: int) -> str:
     return f" ({count} similar lines left out)" if count else ""
+
+
+def _recv_event(monitor: zmq.Socket[Any]) -> dict[str, Any]:
+    """The next event on a monitor socket, without blocking (``zmq.Again`` if none), as
+    ``{"event", "value", "endpoint"}``: what ``zmq.utils.monitor.recv_monitor_message``
+    returns. That module is not imported: it imports ``zmq.asyncio`` and so asyncio,
+    tens of milliseconds at every service's start. The layout is libzmq's: a frame of a
+    16-bit event id and a 32-bit value, then one holding the endpoint."""
+    frames = monitor.recv_multipart(zmq.NOBLOCK)
+    if len(frames) != 2 or len(frames[0]) != _EVENT_FRAME.size:
+        raise RuntimeError(f"invalid monitor event message: {frames!r}")
+    kind, value = _EVENT_FRAME.unpack(frames[0])
+    return {"event": kind, "value": value, "endpoint": frames[1]}
+
+
+_EVENT_FRAME = struct.Struct("=Hi")  # native order, no padding: uint16 id, int32 value
 
 
 def _endpoint(event: Mapping[str, Any]) -> str:
@@ -329,7 +345,7 @@ class PeerWatch:
         peer_event = connection.observer.on_peer
         while True:
             try:
-                event = recv_monitor_message(monitor, zmq.NOBLOCK)
+                event = _recv_event(monitor)
             except zmq.Again:
                 return
             kind = int(event["event"])
@@ -540,7 +556,7 @@ class RequesterWatch:
         """Take the pending events; returns every endpoint that refused so far."""
         while True:
             try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+                event = _recv_event(self.monitor)
             except zmq.Again:
                 return self.refused
             kind, peer = int(event["event"]), _endpoint(event)

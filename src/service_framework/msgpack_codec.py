@@ -694,7 +694,7 @@ class MessageCodec:
     :class:`ValidationError` (both carry a message fit for an error reply).
     """
 
-    __slots__ = ("_reply", "_reply_envelope", "decode_request", "max_bytes")
+    __slots__ = ("_reply", "decode_reply", "decode_request", "max_bytes")
 
     def __init__(
         self,
@@ -727,7 +727,7 @@ class MessageCodec:
             max_bytes, "message", converts_args=True
         )
         self._reply = _Decoding(reply, returns.node, "$.return_args", returns, _LOOSE)
-        self._reply_envelope = self._reply.reader(max_bytes, "reply", converts_args=False)
+        self.decode_reply: Callable[[bytes | memoryview], Reply] = self._reply_reader(max_bytes)
 
     # ---- requests
     @staticmethod
@@ -754,17 +754,36 @@ class MessageCodec:
 
     encode_error = staticmethod(encode_error)
 
-    def decode_reply(self, frame: bytes | memoryview) -> Reply:
-        env = self._reply_envelope(frame)
-        if env.error is not None:
-            env.return_args = None  # an error reply carries no result
+    def _reply_reader(self, max_bytes: int) -> Callable[[bytes | memoryview], Reply]:
+        """``decode_reply(frame)``: the size cap, one msgspec pass (errors explained by
+        ``_Decoding.fail``), then the reply's result converted to plain values, or its
+        error with ``return_args`` ``None``. One closure, as ``_Decoding.reader`` is: a
+        requester runs it for every reply."""
+        reply = self._reply
+        decode, fail, convert, unset = (
+            reply.decoder.decode,
+            reply.fail,
+            reply.convert,
+            msgspec.UNSET,
+        )
+
+        def decode_reply(frame: bytes | memoryview) -> Reply:
+            if len(frame) > max_bytes:
+                raise DecodeError(f"reply of {len(frame)} bytes exceeds the {max_bytes}-byte cap")
+            try:
+                env = decode(frame)
+            except Exception as exc:
+                raise fail(exc, frame) from None
+            if env.error is not None:
+                env.return_args = None  # an error reply carries no result
+                return env  # type: ignore[no-any-return]
+            if env.return_args is unset:
+                raise DecodeError("reply has neither return_args nor error")
+            if convert is not None:
+                env.return_args = convert(env.return_args)
             return env  # type: ignore[no-any-return]
-        if env.return_args is msgspec.UNSET:
-            raise DecodeError("reply has neither return_args nor error")
-        convert = self._reply.convert
-        if convert is not None:
-            env.return_args = convert(env.return_args)
-        return env  # type: ignore[no-any-return]
+
+        return decode_reply
 
 
 class PublishCodec:

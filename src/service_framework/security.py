@@ -27,14 +27,18 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
 from .errors import AddressError, ConfigError
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
+# zmq.auth is imported where it is used, not here: its authenticator thread module
+# imports asyncio, tens of milliseconds at every start of a service without CURVE.
 
 __all__ = ["Curve", "CurveGate", "create_keypair", "load_public_key"]
 
@@ -100,6 +104,8 @@ def load_public_key(value: str, *, where: str) -> bytes:
             raise AddressError(f"{where}: server_public_key is not a valid Z85 CURVE key")
         return value.encode()
     try:
+        import zmq.auth
+
         public, _ = zmq.auth.load_certificate(value)
     except (OSError, ValueError) as exc:
         raise AddressError(f"{where}: cannot read server_public_key {value!r}: {exc}") from None
@@ -132,6 +138,8 @@ class Curve:
     ) -> Curve:
         path = Path(secret_key_file)
         try:
+            import zmq.auth
+
             public, secret = zmq.auth.load_certificate(path)
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read CURVE secret key file {path}: {exc}") from None
@@ -176,6 +184,9 @@ class Curve:
         ``None`` for a client-only identity (it has nothing to admit)."""
         if not self.admits:
             return None
+        import zmq.auth
+        from zmq.auth.thread import ThreadAuthenticator
+
         auth = ThreadAuthenticator(context)
         auth.start()
         location = (
@@ -253,6 +264,8 @@ class CurveGate:
             return False
         self._signature = signature
         try:
+            import zmq.auth
+
             certs = zmq.auth.load_certificates(self.folder)
         except (OSError, ValueError) as exc:
             LOG.error(

@@ -169,14 +169,14 @@ class Publisher(OutboundConnection):
     def _drain(self, sock: zmq.Socket[Any]) -> None:
         """Read everything the socket's peers sent; count the subscriptions that match
         this publisher's frames (a subscriber sends one each time it connects)."""
-        prefix, stats = self._frame_prefix, self.stats
+        prefix, count = self._frame_prefix, self.observer.count
         while True:
             try:
                 event = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             if event[:1] == b"\x01" and prefix.startswith(event[1:]):
-                stats.subscriptions += 1
+                count("subscriptions")
 
     def _drain_forever(self) -> None:
         # Signals belong to the main thread (see runtime.signals_blocked).
@@ -215,7 +215,7 @@ class Publisher(OutboundConnection):
         # A closure over what it needs rather than a method: this runs per message.
         check, args_error, encode = self.model.args.check, self.model.args.error, self.codec.encode
         acquire, release = self.lock.acquire, self.lock.release
-        stats, unencodable, too_large = self.stats, self.unencodable, self.too_large
+        handled, unencodable, too_large = self.observer.on_handled, self.unencodable, self.too_large
         max_bytes = self.socket_options.max_message_bytes
         debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
         seq = 0  # this publisher's next sequence number
@@ -240,7 +240,7 @@ class Publisher(OutboundConnection):
                 seq += 1
             finally:
                 release()
-            stats.handled += 1
+            handled(0)
 
         return publish
 

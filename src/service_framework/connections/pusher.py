@@ -90,7 +90,7 @@ class Pusher(OutboundConnection):
 
     def timed_out(self, workflow_id: str, busy: bool) -> RequestTimeout:
         """The error for a message no puller took within ``timeout_s``."""
-        self.stats.timeouts += 1
+        self.observer.on_timed_out()
         if busy:
             why = "stayed busy (another thread is waiting on it)"
         else:
@@ -106,7 +106,7 @@ class Pusher(OutboundConnection):
         # A closure over what it needs rather than a method: this runs per message.
         check, args_error, encode = self.model.args.check, self.model.args.error, self.codec.encode
         lock, timeout_s = self.lock, self.timeout_s
-        stats, unencodable, too_large = self.stats, self.unencodable, self.too_large
+        handled, unencodable, too_large = self.observer.on_handled, self.unencodable, self.too_large
         max_bytes = self.socket_options.max_message_bytes
         debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
         timed_out = self.timed_out
@@ -131,7 +131,7 @@ class Pusher(OutboundConnection):
                 raise timed_out(workflow_id, busy=False) from None
             finally:
                 lock.release()
-            stats.handled += 1
+            handled(0)
 
         return push
 

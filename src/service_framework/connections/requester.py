@@ -14,7 +14,7 @@ retried idempotent, or keep ``retries`` at 0 (the default).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import zmq
@@ -76,6 +76,7 @@ class Requester(OutboundConnection):
         self.socket: zmq.Socket[Any] | None = None
         self._watch: RequesterWatch | None = None  # the socket's handshake refusals
         self._refused_socket = False  # the last socket was refused: the next call opens one
+        self._request = self._requester()
 
     @classmethod
     def prepare(
@@ -154,71 +155,156 @@ class Requester(OutboundConnection):
                 self.socket = None
 
     def send(self, args: Any, workflow_id: str) -> Any:
-        if not self._check_args(args):
-            raise self._args_error(args)
-        try:
-            frame = self.codec.encode_request(args, workflow_id)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise self.unencodable(exc) from None
-        if len(frame) > self._max_bytes:
-            # The replyer's MAXMSGSIZE would drop the connection without a word, and the
-            # caller would wait out every attempt's timeout.
-            raise self.too_large(len(frame), "request")
-        if self.env.debug:
-            self.env.log.debug("%s: sending on '%s' [%s]", self.env.service, self.name, workflow_id)
-        attempts = self.retries + 1
-        lock = self.lock
-        # Waiting for the lock counts against the caller's time budget too.
-        if not lock.acquire(False) and not lock.acquire(timeout=self.timeout_s * attempts):
+        return self._request(args, workflow_id)
+
+    def sender(self) -> Callable[[Any, str], Any]:
+        return self._request
+
+    def _requester(self) -> Callable[[Any, str], Any]:
+        """The per-request closure, built once: check, encode, send, receive, decode,
+        count, with everything it needs bound.
+
+        Its straight line is the usual case - the lock free, a connection up, the reply
+        within the first slice of the timeout - and runs no other function of this
+        module; anything else (a busy lock, no connection yet, a late reply, a timeout
+        and its retries, a refused handshake, a closed or stuck socket) goes to
+        :meth:`_exchange`, which carries on from where the straight line stopped.
+        """
+        check, args_error = self._check_args, self._args_error
+        encode, decode = self.codec.encode_request, self.codec.decode_reply
+        unencodable, too_large, max_bytes = self.unencodable, self.too_large, self._max_bytes
+        acquire, release = self.lock.acquire, self.lock.release
+        wait_for_lock, exchange, remote_error = self._wait_for_lock, self._exchange, self._remote
+        observer, conn = self.observer, self
+        received, handled, failed = observer.on_received, observer.on_handled, observer.on_failed
+        now = time.perf_counter_ns
+        debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
+        send, noblock, again, zmq_error = send_bytes, zmq.NOBLOCK, zmq.Again, zmq.ZMQError
+        rejected = (DecodeError, ValidationError)
+
+        def request(args: Any, workflow_id: str) -> Any:
+            if not check(args):
+                raise args_error(args)
+            try:
+                frame = encode(args, workflow_id)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise unencodable(exc) from None
+            if len(frame) > max_bytes:
+                # The replyer's MAXMSGSIZE would drop the connection without a word, and
+                # the caller would wait out every attempt's timeout.
+                raise too_large(len(frame), "request")
+            if debug:
+                log.debug("%s: sending on '%s' [%s]", service, name, workflow_id)
+            started = now()
+            if not acquire(False):
+                wait_for_lock(workflow_id)  # returns holding it, or raises
+            try:
+                sock = conn.socket
+                if sock is None:
+                    reply = exchange(frame, workflow_id)
+                else:
+                    try:
+                        send(sock, frame, noblock)
+                    except zmq_error:  # no connection up yet, or a stuck socket
+                        reply = exchange(frame, workflow_id)
+                    else:
+                        received()
+                        try:
+                            reply = sock.recv()  # RCVTIMEO: the first slice
+                        except again:
+                            reply = exchange(frame, workflow_id, sock)
+            finally:
+                release()
+            try:
+                decoded = decode(reply)
+            except rejected:
+                failed(now() - started)
+                raise
+            if decoded.error is not None:
+                failed(now() - started)
+                raise remote_error(decoded.error, workflow_id)
+            handled(now() - started)
+            return decoded.return_args
+
+        return request
+
+    def _wait_for_lock(self, workflow_id: str) -> None:
+        """Take the lock another thread holds; waiting counts against the caller's time
+        budget (every attempt's timeout), then ``RequestTimeout``."""
+        budget = self.timeout_s * (self.retries + 1)
+        if not self.lock.acquire(timeout=budget):
             raise RequestTimeout(
                 f"{self.env.service}: connection '{self.name}' stayed busy for "
-                f"{self.timeout_s * attempts:g}s (another thread is waiting on it)",
+                f"{budget:g}s (another thread is waiting on it)",
                 workflow_id=workflow_id,
             )
+
+    def _remote(self, error: Any, workflow_id: str) -> RemoteError:
+        return RemoteError(
+            error.type,
+            error.message,
+            connection=f"{self.env.service}: connection '{self.name}'",
+            workflow_id=workflow_id,
+        )
+
+    def _exchange(
+        self, frame: bytes, workflow_id: str, waiting: zmq.Socket[Any] | None = None
+    ) -> bytes:
+        """The reply to ``frame`` the long way, under the lock: every attempt, Lazy
+        Pirate retries, refused handshakes. ``waiting``: the socket the request was
+        already sent on (and counted), whose first slice passed without a reply; the
+        first attempt goes on waiting there."""
         try:
-            reply = self._exchange(frame, attempts)
+            return self._attempts(frame, self.retries + 1, waiting)
         except RequestTimeout as exc:
             exc.workflow_id = workflow_id  # to match the replyer's log lines
             raise
-        finally:
-            lock.release()
-        return self._result(reply, workflow_id)
 
-    def _exchange(self, frame: bytes, attempts: int) -> bytes:
-        stats = self.stats
+    def _attempts(
+        self, frame: bytes, attempts: int, waiting: zmq.Socket[Any] | None = None
+    ) -> bytes:
+        observer = self.observer
         for attempt in range(attempts):
-            sock = self.socket
+            sock = waiting
             if sock is None:
-                if not self._refused_socket:
-                    raise RuntimeError(f"{self.env.service}: connection '{self.name}' is closed")
-                # Handshake afresh, now: the server's keys may have changed since.
-                self._refused_socket = False
-                sock = self.socket = self._fresh_socket()
-            stats.received += 1
-            if attempt:
-                stats.retries += 1
+                sock = self.socket
+                if sock is None:
+                    if not self._refused_socket:
+                        raise RuntimeError(
+                            f"{self.env.service}: connection '{self.name}' is closed"
+                        )
+                    # Handshake afresh, now: the server's keys may have changed since.
+                    self._refused_socket = False
+                    sock = self.socket = self._fresh_socket()
+                observer.on_received()
+                if attempt:
+                    observer.on_retried()
             try:
+                if waiting is not None:
+                    waiting = None
+                    rest = time.monotonic() - self._slice_s + self.timeout_s
+                    return self._reply_within(sock, rest)
                 try:
-                    send_bytes(sock, frame, zmq.NOBLOCK)  # the usual case: a connection is up
+                    send_bytes(sock, frame, zmq.NOBLOCK)  # a connection is up
                 except zmq.Again:
                     left_s = self._send_waiting(sock, frame)
                     return self._reply_within(sock, time.monotonic() + left_s)
                 try:
-                    return sock.recv()  # the usual case: the reply within the first slice
+                    return sock.recv()  # the reply within the first slice
                 except zmq.Again:
                     rest = time.monotonic() - self._slice_s + self.timeout_s
                     return self._reply_within(sock, rest)
             except HandshakeRefused:
-                stats.failed += 1
+                observer.on_failed(0)
                 self._drop_refused(sock)
                 raise
             except zmq.Again:
                 refused = self._refused(every=False)
                 if refused is not None:  # a retry would be refused the same way
-                    stats.failed += 1
+                    observer.on_failed(0)
                     self._drop_refused(sock)
                     raise refused from None
-                stats.timeouts += 1
+                observer.on_timed_out()
                 self.env.log.warning(
                     "%s: connection '%s' got no reply within %gs (attempt %d of %d)",
                     self.env.service,
@@ -235,7 +321,7 @@ class Requester(OutboundConnection):
                 # The peer sent a multi-frame reply last time (we read only its first
                 # frame), so REQ refuses to send: start over on a fresh socket.
                 self._replace_socket(sock)
-                return self._exchange(frame, attempts - attempt)
+                return self._attempts(frame, attempts - attempt)
         raise RequestTimeout(
             f"{self.env.service}: connection '{self.name}' got no reply after {attempts} "
             f"attempt(s) of {self.timeout_s:g}s each ({', '.join(self.endpoints)})"
@@ -285,24 +371,6 @@ class Requester(OutboundConnection):
                     raise refused
         sock.send(frame)  # SNDTIMEO: raises zmq.Again when no peer appears in time
         return max(0.0, self.timeout_s - (time.monotonic() - started))
-
-    def _result(self, reply: bytes, workflow_id: str) -> Any:
-        try:
-            decoded = self.codec.decode_reply(reply)
-        except (DecodeError, ValidationError):
-            self.stats.failed += 1
-            raise
-        if decoded.error is not None:
-            self.stats.failed += 1
-            raise RemoteError(
-                decoded.error.type,
-                decoded.error.message,
-                connection=f"{self.env.service}: connection '{self.name}'",
-                workflow_id=workflow_id,
-            )
-        result = decoded.return_args
-        self.stats.handled += 1
-        return result
 
     def inline_route(self, targets: Sequence[InlineTarget], receiving: Receiving) -> Route:
         """Inline, a request runs its replyer's delivery in the calling thread and gets
