@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
+import zmq.auth
 
 from conftest import wait_until
 from service_framework import InlineServices, RequestTimeout, ValidationError

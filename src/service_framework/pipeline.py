@@ -28,6 +28,7 @@ flow scope, then this module's body) before the handler.
 
 from __future__ import annotations
 
+import linecache
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -37,7 +38,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from .errors import DecodeError, ValidationError
 from .logs import ERROR_TEXT_MAX, RateLimit, clip
-from .observe import Observer
+from .observe import ConnectionStats, Observer
 from .validation import Validator
 from .workflow import Flow, FlowScope, current_flow, flow_of
 
@@ -88,77 +89,129 @@ class Delivery(NamedTuple, Generic[R]):
 def compile_delivery(
     receiver: Receiver,
     *,
-    answer: Callable[[Any, str | None], R],
+    answer: Callable[[Any, str | None], R] | None,
     refuse: Refuse[R],
     scope: FlowScope | None,
     check: Callable[[Any], Any] | None = None,
 ) -> Delivery[R]:
-    """Bind everything one delivery needs (see the module docstring).
+    """Compile one delivery (see the module docstring) into a single function.
 
     ``answer(result, workflow_id)`` turns the checked result (``None`` for a one-way
     connection, or an allowed ``None`` reply) into what the sender gets; it may raise
-    (a reply too large to send), which counts as a failure. ``check(args)`` returns the
-    args as the handler gets them or raises ``ValidationError``/``DecodeError``; None
-    when the codec has checked them. ``scope`` None: the handler runs in the caller's
-    flow (an external target, which is a plain call).
+    (a reply too large to send), which counts as a failure; ``None``: the result itself.
+    ``check(args)`` returns the args as the handler gets them or raises
+    ``ValidationError``/``DecodeError``; None when the codec has checked them. ``scope``
+    None: the handler runs in the caller's flow (an external target, a plain call).
+
+    The function is generated from the stages this connection needs, with the flow
+    scope's lines (``FlowScope.source``) around the handler and, when the stats are the
+    only observer, their counting inline (``ConnectionStats.source``): a message costs
+    one call before its handler, as a hand-written loop would.
     """
-    handler, to_send, config = receiver.handler, receiver.to_send, receiver.config
     observer, returns = receiver.observer, receiver.returns
-    handled, failed_count, rejected_count = (
-        observer.on_handled,
-        observer.on_failed,
-        observer.on_rejected,
-    )
-    check_return = returns.check if returns is not None else None
-    return_error = returns.error if returns is not None else None
-    none_ok = returns is not None and returns.check({})
-    one_way = returns is None
-    # Untimed, int() stands in for the clock: 0, from a builtin as cheap as the clock.
-    now: Callable[[], int] = time.perf_counter_ns if receiver.timed else int
+    timed = receiver.timed
     log_failure = _failure_logger(receiver)
     log_rejection = _rejection_logger(receiver)
-    current_id = scope.current_id if scope is not None else _no_id
-    debug, log, service, name = receiver.debug, receiver.log, receiver.service, receiver.connection
+    failed_count, rejected_count = observer.on_failed, observer.on_rejected
+    received_count = observer.on_received
 
-    def reject(error: Exception, workflow_id: str) -> R:
+    def refused(error: Exception, workflow_id: str) -> R:
         rejected_count()
         log_rejection(error, workflow_id)
         return refuse(error, str(error), workflow_id)
 
-    def body(args: Any, workflow_id: str | None) -> R:
-        if check is not None:
-            try:
-                args = check(args)
-            except (DecodeError, ValidationError) as error:
-                return reject(error, current_id())
-        if debug:
-            log.debug("%s: handling '%s' [%s]", service, name, current_id())
-        started = now()
-        try:
-            result = handler(args, to_send, config)
-            if one_way:
-                result = None
-            elif result is None:
-                if not none_ok:
-                    raise return_error(None)  # type: ignore[misc]
-            elif not check_return(result):  # type: ignore[misc]
-                raise return_error(result)  # type: ignore[misc]
-            reply = answer(result, workflow_id)
-        except Exception as error:
-            failed_count(now() - started)
-            wid = current_id()
-            log_failure(error, wid)
-            # clip, not str(): an exception whose __str__ fails still gets an answer.
-            return refuse(error, clip(error, ERROR_TEXT_MAX), wid)
-        handled(now() - started)
-        return reply
+    def reject(error: Exception, workflow_id: str) -> R:
+        received_count()
+        return refused(error, workflow_id)
 
-    deliver = scope.wrap(body) if scope is not None else body
+    def fail(error: Exception, workflow_id: str, elapsed: int) -> R:
+        failed_count(elapsed)
+        log_failure(error, workflow_id)
+        # clip, not str(): an exception whose __str__ fails still gets an answer.
+        return refuse(error, clip(error, ERROR_TEXT_MAX), workflow_id)
+
+    names: dict[str, Any] = {
+        "handler": receiver.handler,
+        "to_send": receiver.to_send,
+        "config": receiver.config,
+        "check": check,
+        "answer": answer,
+        "refused": refused,  # counted as received already
+        "fail": fail,
+        "now": time.perf_counter_ns,
+        "log": receiver.log,
+        "CHECK_FAILED": (DecodeError, ValidationError),
+    }
+    if isinstance(observer, ConnectionStats):
+        names["stats"] = observer
+        counting = ConnectionStats.source("stats", timed=timed)
+    else:
+        names["received"], names["handled"] = received_count, observer.on_handled
+        elapsed = "elapsed" if timed else "0"
+        counting = {"received": ["received()"], "handled": [f"handled({elapsed})"]}
+    enter: list[str] = []
+    leave: list[str] = []
+    if scope is not None:
+        enter, leave, scope_names = scope.source()
+        names.update(scope_names)
+    workflow = "flow.id" if scope is not None else "''"
+    body = [*counting["received"]]
+    if check is not None:
+        body += [
+            "try:",
+            "    args = check(args)",
+            "except CHECK_FAILED as error:",
+            f"    return refused(error, {workflow})",
+        ]
+    if receiver.debug:
+        names["where"] = (receiver.service, receiver.connection)
+        body.append(f"log.debug('%s: handling \\'%s\\' [%s]', *where, {workflow})")
+    if timed:
+        body.append("started = now()")
+    body += ["try:", "    result = handler(args, to_send, config)"]
+    if returns is not None:
+        names["check_return"], names["return_error"] = returns.check, returns.error
+        none_rule = "pass" if returns.check({}) else "raise return_error(None)"
+        body += [
+            "    if result is None:",
+            f"        {none_rule}",  # None is a reply only where nothing is required
+            "    elif not check_return(result):",
+            "        raise return_error(result)",
+        ]
+    else:
+        body.append("    result = None")  # one-way: what the handler returns is ignored
+    body.append(
+        "    reply = result" if answer is None else "    reply = answer(result, workflow_id)"
+    )
+    body += [
+        "except Exception as error:",
+        f"    return fail(error, {workflow}, {'now() - started' if timed else '0'})",
+    ]
+    if timed:
+        body.append("elapsed = now() - started")
+    body += [*counting["handled"], "return reply"]
+    lines = ["def deliver(args, workflow_id):", *_indent(enter)]
+    if scope is not None:
+        lines += ["    try:", *_indent(body, 8), "    finally:", *_indent(leave, 8)]
+    else:
+        lines += _indent(body)
+    deliver = _build(lines, names, f"deliver {receiver.service}.{receiver.connection}")
     return Delivery(deliver, reject)
 
 
-def _no_id() -> str:
-    return ""
+def _indent(lines: list[str], by: int = 4) -> list[str]:
+    return [" " * by + line for line in lines]
+
+
+def _build(lines: list[str], names: dict[str, Any], what: str) -> Callable[..., Any]:
+    """Compile the generated function; its source goes to linecache, so a traceback
+    through it shows the lines."""
+    source = "\n".join(lines) + "\n"
+    filename = f"<service_framework {what}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(compile(source, filename, "exec"), names)
+    function: Callable[..., Any] = names["deliver"]
+    return function
 
 
 def _failure_logger(receiver: Receiver) -> Callable[[BaseException, str], None]:

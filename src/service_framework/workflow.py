@@ -22,11 +22,8 @@ import hashlib
 import itertools
 import os
 import secrets
-from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, Final, TypeVar
-
-_R = TypeVar("_R")
+from typing import Any, Final
 
 __all__ = [
     "IDLE",
@@ -82,7 +79,7 @@ class Flow:
 
 
 IDLE = "-"  # the id of a flow when no message is being handled
-#: For FlowScope.wrap: "the next call of the current flow", worked out by the scope.
+#: For FlowScope: "the next call of the current flow", worked out by the scope.
 NEXT_CALL: Final = "<next call>"
 
 WORKFLOW_ID_MAX_CHARS: Final = 256  # the longest id a receiver accepts
@@ -154,16 +151,21 @@ def install_flow() -> Flow:
 class FlowScope:
     """Where a handled message's workflow id is the current flow while its handler runs.
 
-    The one place that sets a message's id and puts back what was there before (the
-    message pipeline and inline calls use it; nothing else writes a flow's id). It keeps
-    the cheap reuse: a flow object is not made per message, the id of an existing one is
-    set and restored.
+    The one place that says how a message's id is set and what was there before put
+    back; the message pipeline compiles these lines around every handler it calls
+    (``pipeline.compile_delivery``), and nothing else writes a flow's id. It keeps the
+    cheap reuse: no flow object is made per message, an existing one's id is set and
+    restored.
 
     ``FlowScope(flow)`` scopes into that fixed flow - the serving thread's, made its
     current flow once by the runtime (:func:`install_flow`). ``FlowScope()`` scopes into
     the calling context's current flow, installing one if it has none: inline calls,
     which nest on whatever thread calls them. When handlers run as concurrent tasks,
     this is what becomes per-task.
+
+    An id of ``None`` starts a new workflow whose id is made only if something reads it;
+    in a context's scope, :data:`NEXT_CALL` stands for the id of the next message the
+    current one sends (an inline call, delivered in the caller's own flow).
     """
 
     __slots__ = ("_flow",)
@@ -171,37 +173,32 @@ class FlowScope:
     def __init__(self, flow: Flow | None = None) -> None:
         self._flow = flow
 
-    def wrap(self, body: Callable[[Any, str | None], _R]) -> Callable[[Any, str | None], _R]:
-        """``body(value, workflow_id)``, run with ``workflow_id`` as the current flow's id
-        (its send counter from 0) and the previous id and counter restored after. An id
-        of ``None`` starts a new workflow whose id is made only if something reads it;
-        :data:`NEXT_CALL` is the id of the next message the current one sends (an inline
-        call, delivered in the caller's own flow)."""
-        fixed = self._flow
-        get_flow = current_flow.get
-
-        def scoped(value: Any, workflow_id: str | None) -> _R:
-            flow = fixed if fixed is not None else (get_flow() or install_flow())
-            if workflow_id is NEXT_CALL:
-                # The next call of the message this flow is handling (counted before the
-                # flow is saved), or outside any handler a new workflow, made if read.
-                workflow_id = flow.next_call_id() if flow._id is not IDLE else None
-            saved_id, saved_calls = flow._id, flow.calls
-            flow._id = workflow_id
-            flow.calls = 0
-            try:
-                return body(value, workflow_id)
-            finally:
-                flow._id = saved_id
-                flow.calls = saved_calls
-
-        return scoped
-
-    def current_id(self) -> str:
-        """The id of the message being handled in this scope (made now if it is a new
-        workflow's): what a failure's log line and error carry."""
-        flow = self._flow if self._flow is not None else current_flow.get()
-        return IDLE if flow is None else flow.id
+    def source(self) -> tuple[list[str], list[str], dict[str, Any]]:
+        """Python lines that enter the scope (the message's id in ``workflow_id``; after
+        them ``flow`` is the current flow) and that leave it, for code compiled around a
+        handler, and the names those lines use."""
+        names: dict[str, Any] = {"_IDLE": IDLE, "_NEXT_CALL": NEXT_CALL}
+        if self._flow is not None:
+            # The serving thread's: its messages come off the wire, each with its id.
+            names["_FLOW"] = self._flow
+            enter = ["flow = _FLOW"]
+        else:
+            names["_get_flow"], names["_install_flow"] = current_flow.get, install_flow
+            enter = [
+                "flow = _get_flow() or _install_flow()",
+                "if workflow_id is _NEXT_CALL:",
+                # The next call of the message this flow is handling (counted before
+                # the flow is saved), or outside any handler a new workflow, made if
+                # something reads it.
+                "    workflow_id = flow.next_call_id() if flow._id is not _IDLE else None",
+            ]
+        enter += [
+            "saved_id, saved_calls = flow._id, flow.calls",
+            "flow._id = workflow_id",
+            "flow.calls = 0",
+        ]
+        leave = ["flow._id = saved_id", "flow.calls = saved_calls"]
+        return enter, leave, names
 
 
 def current_workflow_id() -> str | None:

@@ -364,7 +364,7 @@ class InboundConnection(Connection):
 
     def delivery(
         self,
-        answer: Callable[[Any, str | None], R],
+        answer: Callable[[Any, str | None], R] | None,
         refuse: Callable[[BaseException, str, str], R],
         *,
         check: Callable[[Any], Any] | None = None,
@@ -378,7 +378,7 @@ class InboundConnection(Connection):
     def one_way_delivery(self) -> Delivery[None]:
         """The pipeline of a connection that never answers (a subscriber, a puller, a
         timer): what the handler returns is ignored, a refused message only logged."""
-        return self.delivery(_no_answer, _no_refusal)
+        return self.delivery(None, _no_refusal)
 
     @staticmethod
     def drain_multipart(sock: zmq.Socket[Any]) -> int:
@@ -388,10 +388,6 @@ class InboundConnection(Connection):
             sock.recv()
             extra += 1
         return extra
-
-
-def _no_answer(result: Any, workflow_id: str | None) -> None:
-    return None
 
 
 def _no_refusal(error: BaseException, text: str, workflow_id: str) -> None:
@@ -415,7 +411,7 @@ class InlineTarget:
 
     def delivery(
         self,
-        answer: Callable[[Any, str | None], R],
+        answer: Callable[[Any, str | None], R] | None,
         refuse: Callable[[BaseException, str, str], R],
     ) -> Delivery[R]:
         return self.connection.delivery(answer, refuse, check=self.check)
@@ -450,24 +446,16 @@ class OutboundConnection(Connection):
         target's delivery under the same workflow id, each counting its own sends from
         ``_1``; a target's failure stays with it (it is logged), as over the wire."""
         check_args, args_error = self.model.args.check, self.model.args.error
-        # Each target counts what it received, as its socket would.
-        ends = [
-            (
-                target.connection.observer.on_received,
-                target.delivery(_no_answer, _no_refusal).deliver,
-            )
-            for target in targets
-        ]
-        one = len(ends) == 1
+        delivers = [target.delivery(None, _no_refusal).deliver for target in targets]
+        one = len(delivers) == 1
 
         def route(args: Any) -> None:
             if not check_args(args):
                 raise args_error(args)
-            # One target: its flow scope works out the id (see FlowScope.wrap); several
+            # One target: its flow scope works out the id (see FlowScope); several
             # share one, made here.
             workflow_id = NEXT_CALL if one else next_workflow_id()
-            for received, deliver in ends:
-                received()
+            for deliver in delivers:
                 deliver(args, workflow_id)
 
         return route

@@ -116,9 +116,6 @@ class ExternalTarget(OutboundConnection):
         def handler(args: Any, to_send: Any, config: Any) -> Any:
             return target(**args)
 
-        def answer(result: Any, workflow_id: str | None) -> Any:
-            return result
-
         def refuse(error: BaseException, text: str, workflow_id: str) -> Any:
             raise error
 
@@ -134,12 +131,10 @@ class ExternalTarget(OutboundConnection):
             logs=False,
         )
         deliver = compile_delivery(
-            receiver, answer=answer, refuse=refuse, scope=None, check=check
+            receiver, answer=None, refuse=refuse, scope=None, check=check
         ).deliver
-        received = self.observer.on_received
 
         def call(args: Any) -> Any:
-            received()
             return deliver(args, None)
 
         return call

@@ -51,11 +51,7 @@ class Puller(InboundConnection):
     def readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        received, decode, workflow_id_of = (
-            self.observer.on_received,
-            self.codec.decode,
-            self.codec.workflow_id_of,
-        )
+        decode, workflow_id_of = self.codec.decode, self.codec.workflow_id_of
         deliver, reject = self.one_way_delivery()
         # Unlike a subscriber's, a multi-frame message never runs the handler: a pusher
         # hands each message to one puller only, so what it meant must not be half-done.
@@ -63,7 +59,6 @@ class Puller(InboundConnection):
         more, rcvmore = sock.get, zmq.RCVMORE
 
         def handle(frame: bytes) -> None:
-            received()
             if more(rcvmore):
                 extra = self.drain_multipart(sock)
                 error = DecodeError(f"a message must be a single frame (got {extra + 1})")

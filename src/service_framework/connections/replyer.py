@@ -68,7 +68,7 @@ class Replyer(InboundConnection):
     def readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        received, send = self.observer.on_received, sender_of(sock)
+        send = sender_of(sock)
         decode, workflow_id_of = self.codec.decode_request, self.codec.workflow_id_of
         deliver, reject = self.wire_delivery()
         # pyzmq's compiled getsockopt, bound once: about a microsecond per request, the
@@ -78,7 +78,6 @@ class Replyer(InboundConnection):
         more, rcvmore = sock.get, zmq.RCVMORE
 
         def handle(frame: bytes) -> None:
-            received()
             if more(rcvmore):
                 # REP replies only once the whole request is read; the handler never
                 # sees it (see the module docstring).

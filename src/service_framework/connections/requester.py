@@ -387,7 +387,7 @@ class Requester(OutboundConnection):
                 type(error).__name__, text, connection=where, workflow_id=workflow_id
             ) from error
 
-        delivers = [target.delivery(_as_given, refuse).deliver for target in targets]
+        delivers = [target.delivery(None, refuse).deliver for target in targets]
         # The reply is checked against this connection's model as the wire would (the
         # replyer's own check ran in its delivery) - unless the one replyer's return
         # model is the very same function, when once is enough.
@@ -411,15 +411,11 @@ class Requester(OutboundConnection):
 
         call = single if single is not None else several
         one = single is not None
-        # The replyer counts what it received, as its socket would.
-        arrivals = [target.connection.observer.on_received for target in targets]
-        arrived = arrivals[0] if one else lambda: [count() for count in arrivals]
 
         def route(args: Any) -> Any:
             if not check_args(args):
                 raise args_error(args)
-            arrived()
-            # One replyer: its flow scope works out the id (see FlowScope.wrap); several
+            # One replyer: its flow scope works out the id (see FlowScope); several
             # share one, made here.
             result = call(args, NEXT_CALL if one else next_workflow_id())
             if result is None:
@@ -429,7 +425,3 @@ class Requester(OutboundConnection):
         return route
 
     peer = Replyer
-
-
-def _as_given(result: Any, workflow_id: str | None) -> Any:
-    return result

@@ -172,11 +172,7 @@ class Subscriber(InboundConnection):
     def _build_readers(self) -> tuple[Reader, ...]:
         sock = self.socket
         assert sock is not None
-        received, decode, workflow_id_of = (
-            self.observer.on_received,
-            self.codec.decode,
-            self.codec.workflow_id_of,
-        )
+        decode, workflow_id_of = self.codec.decode, self.codec.workflow_id_of
         deliver, reject = self.one_way_delivery()
         switch = self.gaps.switch
         # The publisher heard last and the number its next message should carry.
@@ -187,7 +183,6 @@ class Subscriber(InboundConnection):
             # Frames are taken one by one (asking each for RCVMORE would cost more than
             # the rest of the bare receive): the extra frames of a multi-frame message
             # are rejected in turn, as frames that do not decode.
-            received()
             try:
                 message = decode(frame)
             except (DecodeError, ValidationError) as error:

@@ -42,7 +42,7 @@ _ARGUMENT_KEYS = (
 )
 
 
-@dataclass
+@dataclass(slots=True)
 class TimerStats(ConnectionStats):
     """A timer's counters: ``received`` counts ticks run, ``handled`` / ``failed`` how
     its handler ended, ``skipped`` the ticks dropped because their time had passed."""
@@ -114,7 +114,6 @@ class Timer(InboundConnection):
         """Run the tick that is due, if any; then schedule the first tick still ahead."""
         if time.monotonic() < self._next:
             return 0
-        self.observer.on_received()
         self._deliver({}, new_workflow_id())
         # Ticks whose time passed while this one ran are skipped, not run in a burst.
         behind = (time.monotonic() - self._first) / self.interval_s
