@@ -18,7 +18,7 @@ every send in this package takes alike.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, runtime_checkable
 
 from .msgpack_codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -33,7 +33,13 @@ from .msgpack_codec import (
 from .workflow import WORKFLOW_ID_MAX_CHARS
 
 if TYPE_CHECKING:
+    import zmq
+
     from .validation import Node, Validator
+
+#: What a codec decodes: bytes, or a buffer such as a ``zmq.Frame`` received without a
+#: copy (a replyer's or puller's, which read ``frame.more`` off it).
+Buffer: TypeAlias = "bytes | memoryview | zmq.Frame"
 
 __all__ = [
     "DEFAULT_CODEC",
@@ -41,6 +47,7 @@ __all__ = [
     "ENVELOPE_VERSION",
     "PUBLISHER_MAX_CHARS",
     "WORKFLOW_ID_MAX_CHARS",
+    "Buffer",
     "Codec",
     "ErrorInfo",
     "MessageCodec",
@@ -100,11 +107,11 @@ class RequestReplyCodec(Protocol):
         self, args: Any, workflow_id: str, meta: dict[str, Any] | None = None
     ) -> bytes: ...
 
-    def decode_request(self, frame: bytes | memoryview, /) -> Request:
+    def decode_request(self, frame: Buffer, /) -> Request:
         """Decode and validate a request (the args against the args model)."""
         ...
 
-    def workflow_id_of(self, frame: bytes | memoryview, /) -> str:
+    def workflow_id_of(self, frame: Buffer, /) -> str:
         """Best-effort workflow id of a frame that failed to decode (``""`` if none)."""
         ...
 
@@ -114,7 +121,7 @@ class RequestReplyCodec(Protocol):
         """An error reply (its message cut short and escaped)."""
         ...
 
-    def decode_reply(self, frame: bytes | memoryview, /) -> Reply:
+    def decode_reply(self, frame: Buffer, /) -> Reply:
         """Decode a reply; its ``return_args`` are validated against the returns model."""
         ...
 
@@ -128,11 +135,11 @@ class OneWayCodec(Protocol):
 
     def encode(self, args: Any, workflow_id: str, seq: int = 0) -> bytes: ...
 
-    def decode(self, frame: bytes | memoryview, /) -> Published:
+    def decode(self, frame: Buffer, /) -> Published:
         """Decode and validate a frame (the args against the args model)."""
         ...
 
-    def workflow_id_of(self, frame: bytes | memoryview, /) -> str:
+    def workflow_id_of(self, frame: Buffer, /) -> str:
         """Best-effort workflow id of a frame that failed to decode (``""`` if none)."""
         ...
 

@@ -89,7 +89,7 @@ from .validation import (
 from .workflow import WORKFLOW_ID_MAX_CHARS
 
 if TYPE_CHECKING:
-    from .codec import Published, Reply, Request
+    from .codec import Buffer, Published, Reply, Request
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -585,16 +585,16 @@ _ARRAY_OF_SEVEN = b"\x97"
 _ARRAY_OF_FIVE = b"\x95"
 
 
-def _read_loose(loose: msgspec.msgpack.Decoder[Any], frame: bytes | memoryview) -> Any:
+def _read_loose(loose: msgspec.msgpack.Decoder[Any], frame: Buffer) -> Any:
     """``frame`` decoded with a ``_Loose``/``_LooseFrame`` decoder; ``None`` if it is not
     even that."""
     try:
-        return loose.decode(frame)
+        return loose.decode(frame)  # type: ignore[arg-type]  # a zmq.Frame is a buffer
     except Exception:
         return None
 
 
-def _workflow_id_in(loose: msgspec.msgpack.Decoder[Any], frame: bytes | memoryview) -> str:
+def _workflow_id_in(loose: msgspec.msgpack.Decoder[Any], frame: Buffer) -> str:
     wid = getattr(_read_loose(loose, frame), "workflow_id", "")
     # An over-long id was the reason to refuse the frame: it is not echoed or logged.
     return wid if isinstance(wid, str) and len(wid) <= WORKFLOW_ID_MAX_CHARS else ""
@@ -632,20 +632,18 @@ class _Decoding:
         self.loose = loose  # reads v and workflow_id from a frame that did not decode
         self.check_loose = check_loose  # any further check on that loose reading
 
-    def reader(
-        self, max_bytes: int, what: str, *, converts_args: bool
-    ) -> Callable[[bytes | memoryview], Any]:
+    def reader(self, max_bytes: int, what: str, *, converts_args: bool) -> Callable[[Buffer], Any]:
         """The per-message decode: the size cap, one msgspec pass, errors explained by
         :meth:`fail`, and (``converts_args``) ``args`` turned into plain values. A
         closure over what it needs rather than a method: this is the throughput path."""
         decode, fail = self.decoder.decode, self.fail
         convert = self.convert if converts_args else None
 
-        def read(frame: bytes | memoryview) -> Any:
+        def read(frame: Buffer) -> Any:
             if len(frame) > max_bytes:
                 raise DecodeError(f"{what} of {len(frame)} bytes exceeds the {max_bytes}-byte cap")
             try:
-                env = decode(frame)
+                env = decode(frame)  # type: ignore[arg-type]  # a zmq.Frame is a buffer
             except Exception as exc:
                 raise fail(exc, frame) from None
             if convert is not None:
@@ -654,7 +652,7 @@ class _Decoding:
 
         return read
 
-    def fail(self, exc: Exception, frame: bytes | memoryview) -> Exception:
+    def fail(self, exc: Exception, frame: Buffer) -> Exception:
         # Another version may lay the frame out differently: say so rather than
         # reporting whatever its layout made fail.
         loose = _read_loose(self.loose, frame)
@@ -723,11 +721,11 @@ class MessageCodec:
             ],
         )
         decoding = _Decoding(request, args.node, "$.args", args, _LOOSE)
-        self.decode_request: Callable[[bytes | memoryview], Request] = decoding.reader(
+        self.decode_request: Callable[[Buffer], Request] = decoding.reader(
             max_bytes, "message", converts_args=True
         )
         self._reply = _Decoding(reply, returns.node, "$.return_args", returns, _LOOSE)
-        self.decode_reply: Callable[[bytes | memoryview], Reply] = self._reply_reader(max_bytes)
+        self.decode_reply: Callable[[Buffer], Reply] = self._reply_reader(max_bytes)
 
     # ---- requests
     @staticmethod
@@ -741,7 +739,7 @@ class MessageCodec:
         )
 
     @staticmethod
-    def workflow_id_of(frame: bytes | memoryview) -> str:
+    def workflow_id_of(frame: Buffer) -> str:
         """Best-effort workflow id of a frame that failed to decode ('' if none)."""
         return _workflow_id_in(_LOOSE, frame)
 
@@ -754,7 +752,7 @@ class MessageCodec:
 
     encode_error = staticmethod(encode_error)
 
-    def _reply_reader(self, max_bytes: int) -> Callable[[bytes | memoryview], Reply]:
+    def _reply_reader(self, max_bytes: int) -> Callable[[Buffer], Reply]:
         """``decode_reply(frame)``: the size cap, one msgspec pass (errors explained by
         ``_Decoding.fail``), then the reply's result converted to plain values, or its
         error with ``return_args`` ``None``. One closure, as ``_Decoding.reader`` is: a
@@ -767,11 +765,11 @@ class MessageCodec:
             msgspec.UNSET,
         )
 
-        def decode_reply(frame: bytes | memoryview) -> Reply:
+        def decode_reply(frame: Buffer) -> Reply:
             if len(frame) > max_bytes:
                 raise DecodeError(f"reply of {len(frame)} bytes exceeds the {max_bytes}-byte cap")
             try:
-                env = decode(frame)
+                env = decode(frame)  # type: ignore[arg-type]  # a zmq.Frame is a buffer
             except Exception as exc:
                 raise fail(exc, frame) from None
             if env.error is not None:
@@ -831,7 +829,7 @@ class PublishCodec:
             array_like=True,
         )
         decoding = _Decoding(frame, args.node, "$[3]", args, _LOOSE_FRAME, self._other_topic)
-        self.decode: Callable[[bytes | memoryview], Published] = decoding.reader(
+        self.decode: Callable[[Buffer], Published] = decoding.reader(
             max_bytes, "message", converts_args=True
         )
 
@@ -846,7 +844,7 @@ class PublishCodec:
         return None
 
     @staticmethod
-    def workflow_id_of(frame: bytes | memoryview) -> str:
+    def workflow_id_of(frame: Buffer) -> str:
         """Best-effort workflow id of a frame that failed to decode ('' if none)."""
         return _workflow_id_in(_LOOSE_FRAME, frame)
 

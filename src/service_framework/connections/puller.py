@@ -55,11 +55,10 @@ class Puller(InboundConnection):
         deliver, reject = self.one_way_delivery()
         # Unlike a subscriber's, a multi-frame message never runs the handler: a pusher
         # hands each message to one puller only, so what it meant must not be half-done.
-        # pyzmq's compiled getsockopt, bound once: about a microsecond per message.
-        more, rcvmore = sock.get, zmq.RCVMORE
+        # Whether more frames follow is read off the frame (see socket_reader).
 
-        def handle(frame: bytes) -> None:
-            if more(rcvmore):
+        def handle(frame: zmq.Frame) -> None:
+            if frame.more:
                 extra = self.drain_multipart(sock)
                 error = DecodeError(f"a message must be a single frame (got {extra + 1})")
                 reject(error, workflow_id_of(frame))
@@ -71,4 +70,4 @@ class Puller(InboundConnection):
                 return
             deliver(message.args, message.workflow_id)
 
-        return (socket_reader(sock, handle, batch=256),)
+        return (socket_reader(sock, handle, batch=256, frames=True),)

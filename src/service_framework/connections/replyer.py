@@ -71,14 +71,12 @@ class Replyer(InboundConnection):
         send = sender_of(sock)
         decode, workflow_id_of = self.codec.decode_request, self.codec.workflow_id_of
         deliver, reject = self.wire_delivery()
-        # pyzmq's compiled getsockopt, bound once: about a microsecond per request, the
-        # cheapest way a REP socket tells that more frames follow (a zero-copy Frame's
-        # ``more`` costs more, and a probing recv raises). The check has to come before
-        # the handler runs, so it cannot wait for the reply's EFSM.
-        more, rcvmore = sock.get, zmq.RCVMORE
 
-        def handle(frame: bytes) -> None:
-            if more(rcvmore):
+        def handle(frame: zmq.Frame) -> None:
+            # Whether more frames follow, read off the frame (see socket_reader): the
+            # check has to come before the handler runs, so it cannot wait for the
+            # reply's EFSM.
+            if frame.more:
                 # REP replies only once the whole request is read; the handler never
                 # sees it (see the module docstring).
                 self.drain_multipart(sock)
@@ -93,7 +91,7 @@ class Replyer(InboundConnection):
 
         # One request per poll turn: a REP socket holds the next request only after the
         # reply, and probing for it (a raised zmq.Again) costs more than polling again.
-        return (socket_reader(sock, handle, batch=1),)
+        return (socket_reader(sock, handle, batch=1, frames=True),)
 
     def wire_delivery(self) -> Delivery[bytes]:
         """The pipeline with the reply frames as its answers: the encoded reply, or an
