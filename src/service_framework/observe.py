@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["PEER_EVENTS", "ConnectionStats", "Observer", "Observers"]
+__all__ = ["PEER_EVENTS", "ConnectionStats", "Observer", "Observers", "split_stats"]
 
 #: ``on_peer(event)`` names, each the :class:`ConnectionStats` field it counts.
 PEER_EVENTS = (
@@ -175,3 +175,14 @@ class ConnectionStats:
         """The mean handling time of what was handled or failed, in milliseconds."""
         done = self.handled + self.failed
         return self.handling_ns / done / 1e6 if done else 0.0
+
+
+def split_stats(observer: Observer) -> tuple[ConnectionStats | None, Observer | None]:
+    """``observer`` as its stats and the rest: per-message code updates the stats in
+    place (see :meth:`ConnectionStats.source`) and calls only the other observers."""
+    if isinstance(observer, ConnectionStats):
+        return observer, None
+    if isinstance(observer, Observers) and isinstance(observer.members[0], ConnectionStats):
+        rest = observer.members[1:]
+        return observer.members[0], (Observers(rest) if rest else None)
+    return None, observer

@@ -38,7 +38,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from .errors import DecodeError, ValidationError
 from .logs import ERROR_TEXT_MAX, RateLimit, clip
-from .observe import ConnectionStats, Observer
+from .observe import ConnectionStats, Observer, split_stats
 from .validation import Validator
 from .workflow import Flow, FlowScope, current_flow, flow_of
 
@@ -104,9 +104,9 @@ def compile_delivery(
     None: the handler runs in the caller's flow (an external target, a plain call).
 
     The function is generated from the stages this connection needs, with the flow
-    scope's lines (``FlowScope.source``) around the handler and, when the stats are the
-    only observer, their counting inline (``ConnectionStats.source``): a message costs
-    one call before its handler, as a hand-written loop would.
+    scope's lines (``FlowScope.source``) around the handler and the stats' counting
+    inline (``ConnectionStats.source``; other observers are called): a message costs one
+    call before its handler, as a hand-written loop would.
     """
     observer, returns = receiver.observer, receiver.returns
     timed = receiver.timed
@@ -142,13 +142,15 @@ def compile_delivery(
         "log": receiver.log,
         "CHECK_FAILED": (DecodeError, ValidationError),
     }
-    if isinstance(observer, ConnectionStats):
-        names["stats"] = observer
+    stats, others = split_stats(observer)
+    counting: dict[str, list[str]] = {"received": [], "handled": []}
+    if stats is not None:
+        names["stats"] = stats
         counting = ConnectionStats.source("stats", timed=timed)
-    else:
-        names["received"], names["handled"] = received_count, observer.on_handled
-        elapsed = "elapsed" if timed else "0"
-        counting = {"received": ["received()"], "handled": [f"handled({elapsed})"]}
+    if others is not None:
+        names["others"] = others
+        counting["received"].append("others.on_received()")
+        counting["handled"].append(f"others.on_handled({'elapsed' if timed else '0'})")
     enter: list[str] = []
     leave: list[str] = []
     if scope is not None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ..observe import split_stats
 from ..transport import sender_of
 
 if TYPE_CHECKING:
@@ -215,7 +216,9 @@ class Publisher(OutboundConnection):
         # A closure over what it needs rather than a method: this runs per message.
         check, args_error, encode = self.model.args.check, self.model.args.error, self.codec.encode
         acquire, release = self.lock.acquire, self.lock.release
-        handled, unencodable, too_large = self.observer.on_handled, self.unencodable, self.too_large
+        unencodable, too_large = self.unencodable, self.too_large
+        stats, others = split_stats(self.observer)
+        assert stats is not None  # a connection's own stats are always its first observer
         max_bytes = self.socket_options.max_message_bytes
         debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
         seq = 0  # this publisher's next sequence number
@@ -240,7 +243,9 @@ class Publisher(OutboundConnection):
                 seq += 1
             finally:
                 release()
-            handled(0)
+            stats.handled += 1  # in place: this runs per message (see split_stats)
+            if others is not None:
+                others.on_handled(0)
 
         return publish
 

@@ -21,6 +21,7 @@ from typing import Any
 import zmq
 
 from ..errors import RequestTimeout
+from ..observe import split_stats
 from ..transport import sender_of
 from .base import (
     ConnectionEnv,
@@ -106,7 +107,9 @@ class Pusher(OutboundConnection):
         # A closure over what it needs rather than a method: this runs per message.
         check, args_error, encode = self.model.args.check, self.model.args.error, self.codec.encode
         lock, timeout_s = self.lock, self.timeout_s
-        handled, unencodable, too_large = self.observer.on_handled, self.unencodable, self.too_large
+        unencodable, too_large = self.unencodable, self.too_large
+        stats, others = split_stats(self.observer)
+        assert stats is not None  # a connection's own stats are always its first observer
         max_bytes = self.socket_options.max_message_bytes
         debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
         timed_out = self.timed_out
@@ -131,7 +134,9 @@ class Pusher(OutboundConnection):
                 raise timed_out(workflow_id, busy=False) from None
             finally:
                 lock.release()
-            handled(0)
+            stats.handled += 1  # in place: this runs per message (see split_stats)
+            if others is not None:
+                others.on_handled(0)
 
         return push
 
