@@ -17,6 +17,7 @@ from service_framework import topology as topo
 from service_framework.connections import CONNECTION_TYPES, register
 from service_framework.connections.publisher import Publisher
 from service_framework.connections.subscriber import Subscriber
+from service_framework.observe import ONE_WAY_TIME_EVERY
 
 ECHO = """
 def on_echo(args, to_send, config):
@@ -123,7 +124,47 @@ def test_an_observer_hears_what_the_stats_count_over_sockets(
     stats = server.runtime.stats()["echo"]
     assert (stats.received, stats.handled, stats.failed, stats.rejected) == (3, 1, 1, 1)
     assert stats.handling_ns >= stats.handling_max_ns >= handled_ns[0] > 0
+    assert stats.timed == 2  # a replyer times every message it handles or fails
     assert stats.mean_handling_ms() > 0
+
+
+PULLER = """
+def on_work(args, to_send, config):
+    pass
+
+connection_models = {
+    'in': {
+        'work': {
+            'connection_type': 'puller',
+            'required_creation_arguments': {'connection_function': on_work},
+            'required_arguments': {'n': int},
+        }
+    }
+}
+"""
+
+
+def test_a_one_way_connection_times_one_message_in_sixteen(
+    write_service, run_service, client, recorded
+) -> None:
+    events, observers = recorded
+    server = run_service(
+        write_service("worker", PULLER),
+        addresses={"in": {"work": {"puller": "127.0.0.1:0"}}},
+        observers=observers,
+    )
+    pusher = {"connection_type": "pusher", "required_arguments": {"n": int}}
+    boss = client({"out": {"work": pusher}}, {"out": {"work": {"pusher": server.address("work")}}})
+    for n in range(2 * ONE_WAY_TIME_EVERY):
+        boss.to_send("work", {"n": n})
+    assert wait_until(lambda: server.runtime.stats()["work"].handled == 32, timeout=5)
+    stats = server.runtime.stats()["work"]
+    assert (stats.received, stats.handled, stats.timed) == (32, 32, 2)
+    assert stats.handling_max_ns > 0
+    # The other observers hear every message, with None for those not timed.
+    times = [ns for who, event, ns in list(events) if who == "worker.work" and event == "handled"]
+    assert len(times) == 32
+    assert sum(ns is not None for ns in times) == 2
 
 
 def test_inline_stats_and_observers_while_running(write_service, recorded) -> None:

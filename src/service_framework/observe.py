@@ -5,7 +5,8 @@ An observer hears, for one connection:
 
 * ``on_received()`` - an item taken off the wire (a frame, a tick), or an outbound call made;
 * ``on_handled(ns)`` / ``on_failed(ns)`` - a handler (or, outbound, the peer) completed or
-  raised, with the handling time in nanoseconds (0 where nothing was timed);
+  raised, with the handling time in nanoseconds, or ``None`` when this one was not
+  timed (see :data:`ONE_WAY_TIME_EVERY`);
 * ``on_rejected()`` - input that did not decode or validate, answered with an error or
   dropped;
 * ``on_timed_out()`` / ``on_retried()`` - an outbound attempt that got no answer in time, and
@@ -26,7 +27,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["PEER_EVENTS", "ConnectionStats", "Observer", "Observers", "split_stats"]
+__all__ = [
+    "ONE_WAY_TIME_EVERY",
+    "PEER_EVENTS",
+    "ConnectionStats",
+    "Observer",
+    "Observers",
+    "split_stats",
+]
+
+#: A one-way connection (subscriber, puller, timer) times one message in this many: its
+#: messages can come a million a second, and two clock reads cost more than some
+#: handlers. A connection that replies times every message.
+ONE_WAY_TIME_EVERY = 16
 
 #: ``on_peer(event)`` names, each the :class:`ConnectionStats` field it counts.
 PEER_EVENTS = (
@@ -43,9 +56,9 @@ class Observer(Protocol):
 
     def on_received(self) -> None: ...
 
-    def on_handled(self, ns: int) -> None: ...
+    def on_handled(self, ns: int | None) -> None: ...
 
-    def on_failed(self, ns: int) -> None: ...
+    def on_failed(self, ns: int | None) -> None: ...
 
     def on_rejected(self) -> None: ...
 
@@ -70,11 +83,11 @@ class Observers:
         for member in self.members:
             member.on_received()
 
-    def on_handled(self, ns: int) -> None:
+    def on_handled(self, ns: int | None) -> None:
         for member in self.members:
             member.on_handled(ns)
 
-    def on_failed(self, ns: int) -> None:
+    def on_failed(self, ns: int | None) -> None:
         for member in self.members:
             member.on_failed(ns)
 
@@ -120,8 +133,10 @@ class ConnectionStats:
     missed: int = 0
     gaps: int = 0
     subscriptions: int = 0  # publishers: subscriptions received (one per subscriber join)
-    # Handling time of the messages handled or failed (inbound: the handler and the
-    # return check; outbound: the whole call), in nanoseconds: the sum and the longest.
+    # Handling time of the messages handled or failed that were timed (inbound: the
+    # handler and the return check; outbound: the whole call): how many, their sum and
+    # the longest, in nanoseconds.
+    timed: int = 0
     handling_ns: int = 0
     handling_max_ns: int = 0
 
@@ -129,32 +144,38 @@ class ConnectionStats:
     def on_received(self) -> None:
         self.received += 1
 
-    def on_handled(self, ns: int) -> None:
+    def on_handled(self, ns: int | None) -> None:
         self.handled += 1
+        if ns is not None:
+            self._time(ns)
+
+    def _time(self, ns: int) -> None:
+        self.timed += 1
         self.handling_ns += ns
         if ns > self.handling_max_ns:
             self.handling_max_ns = ns
 
     @staticmethod
-    def source(name: str, *, timed: bool) -> dict[str, list[str]]:
-        """What :meth:`on_received` and :meth:`on_handled` do, as Python lines over the
-        stats named ``name`` (the handling time in ``elapsed``), for code compiled per
-        connection (``pipeline.compile_delivery``) when these stats are its only
-        observer: the same counting, without a call per message."""
-        handled = [f"{name}.handled += 1"]
-        if timed:
-            handled += [
+    def source(name: str) -> dict[str, list[str]]:
+        """What :meth:`on_received`, :meth:`on_handled` and the timing of a handled
+        message do, as Python lines over the stats named ``name`` (the handling time in
+        ``elapsed``), for code compiled per connection (``pipeline.compile_delivery``):
+        the same counting, without a call per message."""
+        return {
+            "received": [f"{name}.received += 1"],
+            "handled": [f"{name}.handled += 1"],
+            "timing": [
+                f"{name}.timed += 1",
                 f"{name}.handling_ns += elapsed",
                 f"if elapsed > {name}.handling_max_ns:",
                 f"    {name}.handling_max_ns = elapsed",
-            ]
-        return {"received": [f"{name}.received += 1"], "handled": handled}
+            ],
+        }
 
-    def on_failed(self, ns: int) -> None:
+    def on_failed(self, ns: int | None) -> None:
         self.failed += 1
-        self.handling_ns += ns
-        if ns > self.handling_max_ns:
-            self.handling_max_ns = ns
+        if ns is not None:
+            self._time(ns)
 
     def on_rejected(self) -> None:
         self.rejected += 1
@@ -172,9 +193,8 @@ class ConnectionStats:
         setattr(self, key, getattr(self, key) + n)
 
     def mean_handling_ms(self) -> float:
-        """The mean handling time of what was handled or failed, in milliseconds."""
-        done = self.handled + self.failed
-        return self.handling_ns / done / 1e6 if done else 0.0
+        """The mean handling time of the messages timed, in milliseconds."""
+        return self.handling_ns / self.timed / 1e6 if self.timed else 0.0
 
 
 def split_stats(observer: Observer) -> tuple[ConnectionStats | None, Observer | None]:

@@ -71,9 +71,9 @@ class Receiver:
     # Rejection lines a peer can trigger: rate-limited, shared by all its deliveries.
     rejected_limit: RateLimit | None = None
     debug: bool = False
-    # Whether handling times are measured (two clock reads a message); inline calls,
-    # which run in their caller's time, are not.
-    timed: bool = True
+    # Which messages' handling is timed (two clock reads each): 1 every message, N
+    # (a power of two) one in N, 0 none (inline calls, which run in their caller's time).
+    time_every: int = 1
 
 
 class Delivery(NamedTuple, Generic[R]):
@@ -109,7 +109,10 @@ def compile_delivery(
     call before its handler, as a hand-written loop would.
     """
     observer, returns = receiver.observer, receiver.returns
-    timed = receiver.timed
+    stats, others = split_stats(observer)
+    every = receiver.time_every if stats is not None else min(receiver.time_every, 1)
+    if every & (every - 1):
+        raise ValueError(f"time_every must be 0, 1 or a power of two, got {every}")
     log_failure = _failure_logger(receiver)
     log_rejection = _rejection_logger(receiver)
     failed_count, rejected_count = observer.on_failed, observer.on_rejected
@@ -124,7 +127,7 @@ def compile_delivery(
         received_count()
         return refused(error, workflow_id)
 
-    def fail(error: Exception, workflow_id: str, elapsed: int) -> R:
+    def fail(error: Exception, workflow_id: str, elapsed: int | None) -> R:
         failed_count(elapsed)
         log_failure(error, workflow_id)
         # clip, not str(): an exception whose __str__ fails still gets an answer.
@@ -142,15 +145,30 @@ def compile_delivery(
         "log": receiver.log,
         "CHECK_FAILED": (DecodeError, ValidationError),
     }
-    stats, others = split_stats(observer)
-    counting: dict[str, list[str]] = {"received": [], "handled": []}
+    counting: dict[str, list[str]] = {"received": [], "handled": [], "timing": []}
     if stats is not None:
         names["stats"] = stats
-        counting = ConnectionStats.source("stats", timed=timed)
+        counting = ConnectionStats.source("stats")
+    # The clock lines: when a message is timed, ``started`` holds its start (0: not
+    # timed), and after the handler ``elapsed`` its handling time (None: not timed).
+    if every == 1:
+        start, took = ["started = now()"], "now() - started"
+        after = ["elapsed = now() - started", *counting["timing"]]
+    elif every:
+        names["MASK"] = every - 1
+        start, took = (
+            ["started = 0 if stats.received & MASK else now()"],
+            ("now() - started if started else None"),
+        )
+        after = ["if started:", *_indent(["elapsed = now() - started", *counting["timing"]])]
+        if others is not None:
+            after += ["else:", "    elapsed = None"]
+    else:
+        start, took, after = [], "None", ["elapsed = None"] if others is not None else []
     if others is not None:
         names["others"] = others
         counting["received"].append("others.on_received()")
-        counting["handled"].append(f"others.on_handled({'elapsed' if timed else '0'})")
+        counting["handled"].append("others.on_handled(elapsed)")
     enter: list[str] = []
     leave: list[str] = []
     if scope is not None:
@@ -168,9 +186,7 @@ def compile_delivery(
     if receiver.debug:
         names["where"] = (receiver.service, receiver.connection)
         body.append(f"log.debug('%s: handling \\'%s\\' [%s]', *where, {workflow})")
-    if timed:
-        body.append("started = now()")
-    body += ["try:", "    result = handler(args, to_send, config)"]
+    body += [*start, "try:", "    result = handler(args, to_send, config)"]
     if returns is not None:
         names["check_return"], names["return_error"] = returns.check, returns.error
         none_rule = "pass" if returns.check({}) else "raise return_error(None)"
@@ -187,11 +203,9 @@ def compile_delivery(
     )
     body += [
         "except Exception as error:",
-        f"    return fail(error, {workflow}, {'now() - started' if timed else '0'})",
+        f"    return fail(error, {workflow}, {took})",
     ]
-    if timed:
-        body.append("elapsed = now() - started")
-    body += [*counting["handled"], "return reply"]
+    body += [*after, *counting["handled"], "return reply"]
     lines = ["def deliver(args, workflow_id):", *_indent(enter)]
     if scope is not None:
         lines += ["    try:", *_indent(body, 8), "    finally:", *_indent(leave, 8)]

@@ -38,7 +38,7 @@ from ..codec import DEFAULT_CODEC, Codec
 from ..errors import ValidationError
 from ..logs import RateLimit
 from ..names import host_name_of
-from ..observe import ConnectionStats, Observer, Observers
+from ..observe import ONE_WAY_TIME_EVERY, ConnectionStats, Observer, Observers
 from ..pipeline import Delivery, R, Receiver, compile_delivery
 from ..transport import SocketOptions, bind_or_connect, parse_endpoints
 from ..workflow import NEXT_CALL, FlowScope, next_workflow_id
@@ -367,7 +367,8 @@ class InboundConnection(Connection):
             returns=self.model.returns if self.has_reply else None,
             rejected_limit=self._rejected_limit,
             debug=env.debug,
-            timed=env.timed,
+            # Inline calls are not timed; a one-way type's messages, one in some.
+            time_every=(1 if self.has_reply else ONE_WAY_TIME_EVERY) if env.timed else 0,
         )
 
     def delivery(

@@ -129,6 +129,7 @@ class ExternalTarget(OutboundConnection):
             log=env.log,
             returns=self.model.returns,
             logs=False,
+            time_every=1 if env.timed else 0,
         )
         deliver = compile_delivery(
             receiver, answer=None, refuse=refuse, scope=None, check=check

@@ -245,7 +245,7 @@ class Publisher(OutboundConnection):
                 release()
             stats.handled += 1  # in place: this runs per message (see split_stats)
             if others is not None:
-                others.on_handled(0)
+                others.on_handled(None)
 
         return publish
 

@@ -136,7 +136,7 @@ class Pusher(OutboundConnection):
                 lock.release()
             stats.handled += 1  # in place: this runs per message (see split_stats)
             if others is not None:
-                others.on_handled(0)
+                others.on_handled(None)
 
         return push
 

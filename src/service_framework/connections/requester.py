@@ -295,13 +295,13 @@ class Requester(OutboundConnection):
                     rest = time.monotonic() - self._slice_s + self.timeout_s
                     return self._reply_within(sock, rest)
             except HandshakeRefused:
-                observer.on_failed(0)
+                observer.on_failed(None)
                 self._drop_refused(sock)
                 raise
             except zmq.Again:
                 refused = self._refused(every=False)
                 if refused is not None:  # a retry would be refused the same way
-                    observer.on_failed(0)
+                    observer.on_failed(None)
                     self._drop_refused(sock)
                     raise refused from None
                 observer.on_timed_out()
