@@ -346,6 +346,18 @@ def test_a_topology_runs_inline_with_its_config_and_links(capsys) -> None:
     out = capsys.readouterr().out
     assert out.count(" filled at ") == 5
     assert "ledger: 5 fills" in out
+    # Every connection counted what it did, as it would over sockets: the quote for
+    # DOGE-USD failed on pricing's side, the order the trader refused never left it.
+    stats = inline.stats()
+
+    def counts(service: str, connection: str) -> tuple[int, int, int, int]:
+        got = stats[service][connection]
+        return got["received"], got["handled"], got["failed"], got["rejected"]
+
+    assert counts("pricing", "quote") == (6, 5, 1, 0)
+    assert counts("router", "place") == (5, 5, 0, 0)
+    assert counts("router", "execute") == (5, 5, 0, 0)  # the external target
+    assert counts("ledger", "fills") == (5, 5, 0, 0)
 
 
 def test_inline_runs_one_main_service(tmp_path: Path) -> None:
