@@ -100,6 +100,8 @@ def test_inline_remote_error_names_the_workflow_like_the_wire(
     assert str(caught.value) == (
         f"caller: connection 'echo': remote KeyError: 'boom' [workflow {workflow_id}]"
     )
-    assert f"[{workflow_id}] failing: handler of connection 'echo' raised KeyError: 'boom'" in (
-        capsys.readouterr().err
-    )
+    err = capsys.readouterr().err
+    assert f"[{workflow_id}] failing: handler of connection 'echo' raised KeyError: 'boom'" in err
+    # The traceback runs through the compiled delivery, and shows its line.
+    assert "deliver failing.echo" in err
+    assert "result = handler(args, to_send, config)" in err

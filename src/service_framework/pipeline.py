@@ -28,6 +28,7 @@ flow scope, then this module's body) before the handler.
 
 from __future__ import annotations
 
+import itertools
 import linecache
 import logging
 import time
@@ -215,6 +216,9 @@ def compile_delivery(
     return Delivery(deliver, reject)
 
 
+_BUILT = itertools.count(1)
+
+
 def _indent(lines: list[str], by: int = 4) -> list[str]:
     return [" " * by + line for line in lines]
 
@@ -223,7 +227,9 @@ def _build(lines: list[str], names: dict[str, Any], what: str) -> Callable[..., 
     """Compile the generated function; its source goes to linecache, so a traceback
     through it shows the lines."""
     source = "\n".join(lines) + "\n"
-    filename = f"<service_framework {what}>"
+    # Numbered: two runs of a service in one process (tests, inline) must not share
+    # an entry, as their sources may differ.
+    filename = f"<service_framework {what} #{next(_BUILT)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     exec(compile(source, filename, "exec"), names)
     function: Callable[..., Any] = names["deliver"]
