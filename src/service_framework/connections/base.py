@@ -481,6 +481,29 @@ class OutboundConnection(Connection):
         cheaper callable that behaves the same."""
         return self.send
 
+    def framer(self, encode: Callable[[Any, str], Any], what: str) -> Callable[[Any, str], Any]:
+        """``frame(args, workflow_id)``: the args checked against this connection's model,
+        encoded with ``encode``, and refused before sending when the frame is over
+        ``max_message_bytes`` (the peer's socket would drop the connection without a
+        word, and the caller wait out its timeout). ``what`` names the frame in that
+        error (``"request"``, ``"message"``)."""
+        check, args_error = self.model.args.check, self.model.args.error
+        unencodable, too_large = self.unencodable, self.too_large
+        max_bytes = self.socket_options.max_message_bytes
+
+        def frame(args: Any, workflow_id: str) -> Any:
+            if not check(args):
+                raise args_error(args)
+            try:
+                encoded = encode(args, workflow_id)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise unencodable(exc) from None
+            if len(encoded) > max_bytes:
+                raise too_large(len(encoded), what)
+            return encoded
+
+        return frame
+
     def unencodable(self, error: Exception) -> ValidationError:
         """The error for args that validated but have no msgpack form (e.g. an object
         inside a value declared as a bare ``dict``)."""

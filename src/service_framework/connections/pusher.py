@@ -105,24 +105,15 @@ class Pusher(OutboundConnection):
 
     def _pusher(self) -> Callable[[Any, str], None]:
         # A closure over what it needs rather than a method: this runs per message.
-        check, args_error, encode = self.model.args.check, self.model.args.error, self.codec.encode
+        frame_of = self.framer(self.codec.encode, "message")
         lock, timeout_s = self.lock, self.timeout_s
-        unencodable, too_large = self.unencodable, self.too_large
         stats, others = split_stats(self.observer)
         assert stats is not None  # a connection's own stats are always its first observer
-        max_bytes = self.socket_options.max_message_bytes
         debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
         timed_out = self.timed_out
 
         def push(args: Any, workflow_id: str) -> None:
-            if not check(args):
-                raise args_error(args)
-            try:
-                frame = encode(args, workflow_id)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise unencodable(exc) from None
-            if len(frame) > max_bytes:
-                raise too_large(len(frame), "message")
+            frame = frame_of(args, workflow_id)  # checked, encoded, within the size limit
             if debug:
                 log.debug("%s: pushing on '%s' [%s]", service, name, workflow_id)
             # Waiting for another thread's send counts against the timeout too.

@@ -66,12 +66,9 @@ class Requester(OutboundConnection):
         # comes within the first slice costs nothing extra.
         self._slice_ms = min(self._timeout_ms, _SLICE_MS)
         self._slice_s = self._slice_ms / 1000
-        self._max_bytes = self.socket_options.max_message_bytes
         self.codec = self.env.codec.request_reply(
             model.args, model.returns, max_bytes=self.socket_options.max_message_bytes
         )
-        self._check_args = model.args.check
-        self._args_error = model.args.error
         self._addresses: Mapping[str, Any] = {}
         self.socket: zmq.Socket[Any] | None = None
         self._watch: RequesterWatch | None = None  # the socket's handshake refusals
@@ -170,9 +167,8 @@ class Requester(OutboundConnection):
         and its retries, a refused handshake, a closed or stuck socket) goes to
         :meth:`_exchange`, which carries on from where the straight line stopped.
         """
-        check, args_error = self._check_args, self._args_error
-        encode, decode = self.codec.encode_request, self.codec.decode_reply
-        unencodable, too_large, max_bytes = self.unencodable, self.too_large, self._max_bytes
+        frame_of = self.framer(self.codec.encode_request, "request")
+        decode = self.codec.decode_reply
         acquire, release = self.lock.acquire, self.lock.release
         wait_for_lock, exchange, remote_error = self._wait_for_lock, self._exchange, self._remote
         observer, conn = self.observer, self
@@ -183,16 +179,7 @@ class Requester(OutboundConnection):
         rejected = (DecodeError, ValidationError)
 
         def request(args: Any, workflow_id: str) -> Any:
-            if not check(args):
-                raise args_error(args)
-            try:
-                frame = encode(args, workflow_id)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise unencodable(exc) from None
-            if len(frame) > max_bytes:
-                # The replyer's MAXMSGSIZE would drop the connection without a word, and
-                # the caller would wait out every attempt's timeout.
-                raise too_large(len(frame), "request")
+            frame = frame_of(args, workflow_id)  # checked, encoded, within the size limit
             if debug:
                 log.debug("%s: sending on '%s' [%s]", service, name, workflow_id)
             started = now()
