@@ -249,12 +249,13 @@ def start_publisher(
 
 
 def start_subscriber(
-    procs: Procs, work: Path, kind: str, i: int, port: str, hwm: int, paths: dict[str, str]
+    procs: Procs, work: Path, kind: str, name: str, port: str, hwm: int, paths: dict[str, str]
 ) -> Proc:
-    """The round's subscriber, connected to ``port``: the framework's service (started
-    with the CLI) for "framework" and "sub-framework", else a bare SUB loop."""
+    """A subscriber ``name`` connected to ``port``, writing ``paths``' ready, done and
+    sub_result.json files: the framework's service (started with the CLI) for
+    "framework" and "sub-framework", else a bare SUB loop (also pubsub_fanout.py's)."""
     if kind in ("framework", "sub-framework"):
-        addresses = work / f"{kind}_{i}_sub_addresses.json"
+        addresses = work / f"{name}_sub_addresses.json"
         addresses.write_text(
             json.dumps({"in": {"ticks": {"subscriber": f"127.0.0.1:{port}"}}, "out": {}})
         )
@@ -268,11 +269,11 @@ def start_subscriber(
             done_path=paths["done"],
             result_path=paths["sub_result.json"],
         )
-        return procs.start(f"framework subscriber (round {i}, {kind})", argv, role="client")
+        return procs.start(f"framework subscriber ({name})", argv, role="client")
     framing = "envelope" if kind.startswith("sub-") else "plain"
     argv = [PYTHON, __file__, "_bare_subscriber", port, str(hwm), paths["ready"], paths["done"]]
     argv += [paths["sub_result.json"], framing]
-    return procs.start(f"bare subscriber (round {i}, {kind})", argv, role="client")
+    return procs.start(f"bare subscriber ({name})", argv, role="client")
 
 
 def one_round(
@@ -285,7 +286,7 @@ def one_round(
     }
     timeout = HANDSHAKE_TIMEOUT_S + 30.0 + n / 10_000  # generous: even 10k messages/s finishes
     pub, port = start_publisher(procs, work, kind, i, n, hwm, paths)
-    sub = start_subscriber(procs, work, kind, i, port, hwm, paths)
+    sub = start_subscriber(procs, work, kind, f"{kind}_{i}", port, hwm, paths)
     pub.wait_exit(timeout, watch=[sub])
     if kind in ("framework", "sub-framework"):
         sub.check_alive()

@@ -32,46 +32,18 @@ process's output).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
 from pathlib import Path
 
 import _harness
-from _harness import PYTHON, Proc, Procs, cli_argv, in_session, paired_summary, read_result
-from pubsub import HANDSHAKE_TIMEOUT_S, START_TIMEOUT_S, _touch, start_publisher
+from _harness import Proc, Procs, in_session, paired_summary, read_result
+from pubsub import HANDSHAKE_TIMEOUT_S, START_TIMEOUT_S, _touch, start_publisher, start_subscriber
 from reqrep_clients import await_files
 
 TARGET_RATIO = 0.85
-PUBSUB = str(Path(__file__).resolve().parent / "pubsub.py")  # its bare workers
 KINDS = ("framework", "bare")
-
-
-def start_subscriber(
-    procs: Procs, work: Path, kind: str, name: str, port: str, hwm: int, paths: dict[str, str]
-) -> Proc:
-    """One subscriber connected to ``port``: the framework's service (started with the
-    CLI) or a bare SUB loop, writing ``paths``' ready, done and result files."""
-    if kind == "framework":
-        addresses = work / f"{name}_addresses.json"
-        addresses.write_text(
-            json.dumps({"in": {"ticks": {"subscriber": f"127.0.0.1:{port}"}}, "out": {}})
-        )
-        argv = cli_argv(
-            "bench_subscriber.py",
-            addresses,
-            "-cl",
-            "WARNING",
-            hwm=hwm,
-            ready_path=paths["ready"],
-            done_path=paths["done"],
-            result_path=paths["result"],
-        )
-    else:
-        argv = [PYTHON, PUBSUB, "_bare_subscriber", port, str(hwm), paths["ready"]]
-        argv += [paths["done"], paths["result"], "plain"]
-    return procs.start(f"{kind} subscriber ({name})", argv, role="client")
 
 
 Round = tuple[dict[str, float], list[dict[str, float]]]  # publisher's, subscribers' results
@@ -88,7 +60,7 @@ def one_round(
     for k in range(subscribers):
         name = f"{kind}_{i}_sub{k}"
         paths = {key: str(work / f"{name}_{key}") for key in ("ready", "done")}
-        paths["result"] = str(work / f"{name}_result.json")
+        paths["sub_result.json"] = str(work / f"{name}_result.json")
         sub_paths.append(paths)
         subs.append(start_subscriber(procs, work, kind, name, port, hwm, paths))
     everyone = [pub, *subs]
@@ -108,7 +80,10 @@ def one_round(
             sub.wait_exit(10.0)  # the bare loop exits on the end marker
     return (
         read_result(Path(pub_paths["pub_result.json"]), pub.name),
-        [read_result(Path(p["result"]), sub.name) for p, sub in zip(sub_paths, subs, strict=True)],
+        [
+            read_result(Path(p["sub_result.json"]), sub.name)
+            for p, sub in zip(sub_paths, subs, strict=True)
+        ],
     )
 
 
