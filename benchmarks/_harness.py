@@ -249,6 +249,19 @@ def cli_argv(service: str, addresses: Path, *flags: str, **config: object) -> li
 
 
 # --------------------------------------------------------------------------- summary
+def print_verdict(ratio: float, target: float, what: str = "", note: str = "") -> None:
+    """The headline every benchmark ends with: ``ratio framework/bare: 0.93x ...``, the
+    median of the per-round ratios against its target (``what``: what was counted, e.g.
+    "end to end"; ``note``: appended after the verdict)."""
+    verdict = "meets" if ratio >= target else "MISSES"
+    counted = f" {what}" if what else ""
+    extra = f"; {note}" if note else ""
+    print(
+        f"ratio framework/bare: {ratio:.2f}x{counted} (median of per-round ratios; "
+        f"target >= {target}x, {verdict} it{extra})"
+    )
+
+
 def paired_summary(framework: Sequence[float], bare: Sequence[float]) -> tuple[float, str]:
     """The headline ratio and a line showing each round's.
 

@@ -187,11 +187,7 @@ def run(n: int, rounds: int, warmup: int, size: int) -> int:
         [r["rate"] for r in results["framework"]], [r["rate"] for r in results["bare"]]
     )
     print(rounds_line)
-    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-    print(
-        f"ratio framework/bare: {ratio:.2f}x (median of per-round ratios; target >= "
-        f"{TARGET_RATIO}x, {verdict} it)"
-    )
+    _harness.print_verdict(ratio, TARGET_RATIO)
     cpu_ratio, cpu_line = paired_summary(
         [1 / cpu_per_trip(r, n, warmup) for r in results["framework"]],
         [1 / cpu_per_trip(r, n, warmup) for r in results["bare"]],

@@ -366,11 +366,7 @@ def run(n: int, rounds: int, hwm: int) -> int:
     )
     print("end to end (framework publisher and subscriber vs bare ones):")
     print(rounds_line)
-    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-    print(
-        f"ratio framework/bare: {ratio:.2f}x end to end (median of per-round ratios; "
-        f"target >= {TARGET_RATIO}x, {verdict} it)"
-    )
+    _harness.print_verdict(ratio, TARGET_RATIO, "end to end")
     return 0
 
 

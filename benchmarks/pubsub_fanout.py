@@ -154,11 +154,7 @@ def run(n: int, rounds: int, subscribers: int, hwm: int) -> int:
     ratio, rounds_line = paired_summary(totals["framework"], totals["bare"])
     print("all subscribers together:")
     print(rounds_line)
-    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-    print(
-        f"ratio framework/bare: {ratio:.2f}x delivered, all subscribers (median of per-round "
-        f"ratios; target >= {TARGET_RATIO}x, {verdict} it)"
-    )
+    _harness.print_verdict(ratio, TARGET_RATIO, "delivered, all subscribers")
     return 0
 
 

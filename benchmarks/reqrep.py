@@ -201,11 +201,7 @@ def run(n: int, rounds: int, warmup: int) -> int:
         [r["rate"] for r in results["framework"]], [r["rate"] for r in results["bare"]]
     )
     print(rounds_line)
-    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-    print(
-        f"ratio framework/bare: {ratio:.2f}x (median of per-round ratios; target >= "
-        f"{TARGET_RATIO}x, {verdict} it; 0.0.20 reached 0.35x)"
-    )
+    _harness.print_verdict(ratio, TARGET_RATIO, note="0.0.20 reached 0.35x")
     return 0
 
 

@@ -256,11 +256,7 @@ def run(clients: int, seconds: float, rounds: int, warmup: int) -> int:
     ratio, rounds_line = paired_summary(totals["framework"], totals["bare"])
     print("round trips per second, all clients together:")
     print(rounds_line)
-    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-    print(
-        f"ratio framework/bare: {ratio:.2f}x (median of per-round ratios; target >= "
-        f"{TARGET_RATIO}x, {verdict} it)"
-    )
+    _harness.print_verdict(ratio, TARGET_RATIO)
     return 0
 
 
