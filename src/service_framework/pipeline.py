@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from contextvars import Token
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from .errors import DecodeError, ValidationError
@@ -70,7 +70,7 @@ class Receiver:
     # the error itself and decides).
     logs: bool = True
     # Rejection lines a peer can trigger: rate-limited, shared by all its deliveries.
-    rejected_limit: RateLimit | None = None
+    rejected_limit: RateLimit = field(default_factory=lambda: rejected_limit())
     debug: bool = False
     # Which messages' handling is timed (two clock reads each): 1 every message, N
     # (a power of two) one in N, 0 none (inline calls, which run in their caller's time).
@@ -236,6 +236,13 @@ def _build(lines: list[str], names: dict[str, Any], what: str) -> Callable[..., 
     return function
 
 
+def rejected_limit() -> RateLimit:
+    """The limit on one connection's rejection lines: a peer sending garbage as fast as
+    it can must not write the log as fast as it can - a burst, then a few lines a
+    second, each saying how many were not logged. The counts stay exact."""
+    return RateLimit(20, 5.0)
+
+
 def _failure_logger(receiver: Receiver) -> Callable[[BaseException, str], None]:
     """Log a handler that raised, under its message's workflow id, with the traceback
     (the error's text, which may quote the peer's input, cut short and escaped)."""
@@ -268,7 +275,7 @@ def _rejection_logger(receiver: Receiver) -> Callable[[Exception, str], None]:
     if not receiver.logs:
         return _silent
     log, service, name = receiver.log, receiver.service, receiver.connection
-    limit = receiver.rejected_limit or RateLimit(20, 5.0)
+    limit = receiver.rejected_limit
 
     def log_rejection(error: Exception, workflow_id: str) -> None:
         if not limit.allow():

@@ -11,7 +11,7 @@ A connection type is a class that states, as class attributes, what it needs:
 * ``has_reply`` - whether return models apply.
 
 and implements :meth:`Connection.open` / :meth:`Connection.close`, then either
-:meth:`InboundConnection.readers` or :meth:`OutboundConnection.send`.
+:meth:`InboundConnection.build_readers` or :meth:`OutboundConnection.send`.
 
 The loop contract: a :class:`Reader` offers something to poll (a zmq socket or a file
 descriptor) and/or a time it is due, and drains a bounded batch itself when it is ready
@@ -39,7 +39,7 @@ from ..errors import ValidationError
 from ..logs import RateLimit
 from ..names import host_name_of
 from ..observe import ONE_WAY_TIME_EVERY, ConnectionStats, Observer, Observers
-from ..pipeline import Delivery, R, Receiver, compile_delivery
+from ..pipeline import Delivery, R, Receiver, compile_delivery, rejected_limit
 from ..transport import SocketOptions, bind_or_connect, parse_endpoints
 from ..workflow import NEXT_CALL, FlowScope, next_workflow_id
 
@@ -124,11 +124,6 @@ class Connection:
     # This type's defaults for ``socket_options`` keys, where they differ from
     # ``SocketOptions``'s (the creation argument still overrides them).
     socket_defaults: ClassVar[Mapping[str, int]] = {}
-    # Bad input is logged, but a peer sending garbage as fast as it can must not write
-    # the log as fast as it can: a burst, then a few lines a second, each saying how
-    # many were not logged. The counts in `stats` stay exact.
-    _REJECTED_BURST: ClassVar[int] = 20
-    _REJECTED_PER_S: ClassVar[float] = 5.0
 
     def __init__(self, model: ConnectionModel, env: ConnectionEnv) -> None:
         self.model = model
@@ -138,7 +133,8 @@ class Connection:
         extra = env.observers(self) if env.observers is not None else ()
         # What the connection reports to: its stats, and any observer plugged in.
         self.observer: Observer = Observers([self.stats, *extra]) if extra else self.stats
-        self._rejected_limit = RateLimit(self._REJECTED_BURST, self._REJECTED_PER_S)
+        # Rejection lines this connection's peers can trigger, shared by its deliveries.
+        self._rejected_limit = rejected_limit()
         self.socket_options = SocketOptions.from_mapping(
             {**self.socket_defaults, **(model.creation_arguments.get("socket_options") or {})}
         )
@@ -339,10 +335,17 @@ class InboundConnection(Connection):
         self.handler: Callable[[Any, ToSend, Mapping[str, Any]], Any] = model.creation_arguments[
             "connection_function"
         ]
+        self._readers: tuple[Reader, ...] | None = None
 
     def readers(self) -> Sequence[Reader]:
-        """What the loop polls and drains for this connection (built once, when the loop
-        starts; see :class:`Reader`)."""
+        """What the loop polls and drains for this connection (see :class:`Reader`):
+        built once, when the loop starts, and drained again by :meth:`finish`."""
+        if self._readers is None:
+            self._readers = tuple(self.build_readers())
+        return self._readers
+
+    def build_readers(self) -> Sequence[Reader]:
+        """The type's readers, over its open sockets (called once, by :meth:`readers`)."""
         raise NotImplementedError
 
     def finish(self, deadline: float) -> None:

@@ -48,7 +48,7 @@ class Puller(InboundConnection):
             self.socket.close(linger=0)
             self.socket = None
 
-    def readers(self) -> Sequence[Reader]:
+    def build_readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
         decode, workflow_id_of = self.codec.decode, self.codec.workflow_id_of

@@ -65,7 +65,7 @@ class Replyer(InboundConnection):
             self.socket.close(linger=self.socket_options.linger_ms)
             self.socket = None
 
-    def readers(self) -> Sequence[Reader]:
+    def build_readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
         send = sender_of(sock)

@@ -147,7 +147,6 @@ class Subscriber(InboundConnection):
         # Only this topic's frames (with and without sequence numbers), or every frame.
         self._subscriptions: tuple[bytes, ...] = self.codec.prefixes if self.topic else (b"",)
         self.gaps = _Gaps(self)
-        self._readers: tuple[Reader, ...] | None = None
 
     def binding(self) -> bool:
         return bool(self.model.creation_arguments.get("is_binder", False))
@@ -163,13 +162,7 @@ class Subscriber(InboundConnection):
             self.socket.close(linger=0)  # nothing to flush on a SUB socket
             self.socket = None
 
-    def readers(self) -> Sequence[Reader]:
-        # Built once: the reader keeps which number it expects next (finish() reads on).
-        if self._readers is None:
-            self._readers = self._build_readers()
-        return self._readers
-
-    def _build_readers(self) -> tuple[Reader, ...]:
+    def build_readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
         decode, workflow_id_of = self.codec.decode, self.codec.workflow_id_of

@@ -94,7 +94,7 @@ class Timer(InboundConnection):
             )
         return super().prepare(creation_arguments, namespace)
 
-    def readers(self) -> Sequence[Reader]:
+    def build_readers(self) -> Sequence[Reader]:
         self._first = time.monotonic() + (0.0 if self.eager else self.interval_s)
         self._tick = 0
         self._schedule()
