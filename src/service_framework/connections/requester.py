@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import zmq
 
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
+from ..observe import ConnectionStats, split_stats
 from ..transport import send_bytes
 from ..workflow import NEXT_CALL, next_workflow_id
 from .base import (
@@ -167,19 +168,34 @@ class Requester(OutboundConnection):
         and its retries, a refused handshake, a closed or stuck socket) goes to
         :meth:`_exchange`, which carries on from where the straight line stopped.
         """
-        frame_of = self.framer(self.codec.encode_request, "request")
+        # The framer's lines (see OutboundConnection.framer) and the stats' counting
+        # (see ConnectionStats.source) are written out here rather than called: each
+        # call is a function object, code and cells to fetch, and after every blocking
+        # receive they are fetched cache-cold.
+        check, args_error = self.model.args.check, self.model.args.error
+        encode, unencodable, too_large = self.codec.encode_request, self.unencodable, self.too_large
+        max_bytes = self.socket_options.max_message_bytes
         decode = self.codec.decode_reply
         acquire, release = self.lock.acquire, self.lock.release
         wait_for_lock, exchange, remote_error = self._wait_for_lock, self._exchange, self._remote
-        observer, conn = self.observer, self
-        received, handled, failed = observer.on_received, observer.on_handled, observer.on_failed
+        stats, others = split_stats(self.observer)
+        if stats is None:  # no stats of ours to count into: only the observer's calls
+            stats = ConnectionStats()
+        conn = self
         now = time.perf_counter_ns
         debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
         send, noblock, again, zmq_error = send_bytes, zmq.NOBLOCK, zmq.Again, zmq.ZMQError
         rejected = (DecodeError, ValidationError)
 
         def request(args: Any, workflow_id: str) -> Any:
-            frame = frame_of(args, workflow_id)  # checked, encoded, within the size limit
+            if not check(args):
+                raise args_error(args)
+            try:
+                frame = encode(args, workflow_id)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise unencodable(exc) from None
+            if len(frame) > max_bytes:
+                raise too_large(len(frame), "request")
             if debug:
                 log.debug("%s: sending on '%s' [%s]", service, name, workflow_id)
             started = now()
@@ -195,7 +211,9 @@ class Requester(OutboundConnection):
                     except zmq_error:  # no connection up yet, or a stuck socket
                         reply = exchange(frame, workflow_id)
                     else:
-                        received()
+                        stats.received += 1
+                        if others is not None:
+                            others.on_received()
                         try:
                             reply = sock.recv()  # RCVTIMEO: the first slice
                         except again:
@@ -205,12 +223,19 @@ class Requester(OutboundConnection):
             try:
                 decoded = decode(reply)
             except rejected:
-                failed(now() - started)
+                conn.observer.on_failed(now() - started)
                 raise
             if decoded.error is not None:
-                failed(now() - started)
+                conn.observer.on_failed(now() - started)
                 raise remote_error(decoded.error, workflow_id)
-            handled(now() - started)
+            elapsed = now() - started
+            stats.handled += 1
+            stats.timed += 1
+            stats.handling_ns += elapsed
+            if elapsed > stats.handling_max_ns:
+                stats.handling_max_ns = elapsed
+            if others is not None:
+                others.on_handled(elapsed)
             return decoded.return_args
 
         return request
