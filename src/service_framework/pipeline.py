@@ -43,7 +43,7 @@ from .observe import ConnectionStats, Observer, split_stats
 from .validation import Validator
 from .workflow import Flow, FlowScope, current_flow, flow_of
 
-__all__ = ["Delivery", "Receiver", "compile_delivery"]
+__all__ = ["Delivery", "Entry", "Receiver", "compile_delivery"]
 
 R = TypeVar("R")
 
@@ -81,10 +81,28 @@ class Delivery(NamedTuple, Generic[R]):
     """One compiled delivery: ``deliver(args, workflow_id)`` for a message whose args
     passed (or, inline, are about to pass) the check, ``reject(error, workflow_id)`` for
     one that did not decode or validate. Neither raises unless ``answer``/``refuse``
-    does."""
+    does. With an :class:`Entry`, ``deliver`` takes the entry's parameters instead."""
 
-    deliver: Callable[[Any, str | None], R]
+    deliver: Callable[..., R]
     reject: Callable[[Exception, str], R]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A connection's own per-message lines, compiled into the delivery's function in
+    front of it, so that a reader's whole work for one message - decode, deliver,
+    send - is one call (each call is a function, its code and cells to fetch, and after
+    a blocking receive they are fetched cache-cold).
+
+    ``params``: the function's parameters (e.g. ``"frame"``). ``lines`` bind ``args`` and
+    ``workflow_id`` from them, or return early; they may use ``names``, ``reject`` (the
+    delivery's) and ``send``. ``send``: what every result of the delivery (the answer,
+    or a refusal) is passed to; ``None``: the function returns it."""
+
+    params: str
+    lines: tuple[str, ...]
+    names: Mapping[str, Any]
+    send: Callable[[Any], Any] | None = None
 
 
 def compile_delivery(
@@ -94,6 +112,7 @@ def compile_delivery(
     refuse: Refuse[R],
     scope: FlowScope | None,
     check: Callable[[Any], Any] | None = None,
+    entry: Entry | None = None,
 ) -> Delivery[R]:
     """Compile one delivery (see the module docstring) into a single function.
 
@@ -107,7 +126,8 @@ def compile_delivery(
     The function is generated from the stages this connection needs, with the flow
     scope's lines (``FlowScope.source``) around the handler and the stats' counting
     inline (``ConnectionStats.source``; other observers are called): a message costs one
-    call before its handler, as a hand-written loop would.
+    call before its handler, as a hand-written loop would. ``entry``: the connection's
+    decoding lines in front (see :class:`Entry`).
     """
     observer, returns = receiver.observer, receiver.returns
     stats, others = split_stats(observer)
@@ -176,13 +196,14 @@ def compile_delivery(
         enter, leave, scope_names = scope.source()
         names.update(scope_names)
     workflow = "flow.id" if scope is not None else "''"
+    out = "send" if entry is not None and entry.send is not None else ""
     body = [*counting["received"]]
     if check is not None:
         body += [
             "try:",
             "    args = check(args)",
             "except CHECK_FAILED as error:",
-            f"    return refused(error, {workflow})",
+            f"    return {out}(refused(error, {workflow}))",
         ]
     if receiver.debug:
         names["where"] = (receiver.service, receiver.connection)
@@ -204,10 +225,15 @@ def compile_delivery(
     )
     body += [
         "except Exception as error:",
-        f"    return fail(error, {workflow}, {took})",
+        f"    return {out}(fail(error, {workflow}, {took}))",
     ]
-    body += [*after, *counting["handled"], "return reply"]
-    lines = ["def deliver(args, workflow_id):", *_indent(enter)]
+    body += [*after, *counting["handled"], f"return {out}(reply)"]
+    lines = ["def deliver(args, workflow_id):"]
+    if entry is not None:
+        names.update(entry.names)
+        names["reject"], names["send"] = reject, entry.send
+        lines = [f"def deliver({entry.params}):", *_indent(list(entry.lines))]
+    lines += _indent(enter)
     if scope is not None:
         lines += ["    try:", *_indent(body, 8), "    finally:", *_indent(leave, 8)]
     else:

@@ -39,7 +39,7 @@ from ..errors import ValidationError
 from ..logs import RateLimit
 from ..names import host_name_of
 from ..observe import ONE_WAY_TIME_EVERY, ConnectionStats, Observer, Observers
-from ..pipeline import Delivery, R, Receiver, compile_delivery, rejected_limit
+from ..pipeline import Delivery, Entry, R, Receiver, compile_delivery, rejected_limit
 from ..transport import SocketOptions, bind_or_connect, parse_endpoints
 from ..workflow import NEXT_CALL, FlowScope, next_workflow_id
 
@@ -285,7 +285,7 @@ class Reader:
 
 
 def socket_reader(
-    sock: zmq.Socket[Any], handle: Callable[[Any], None], *, batch: int, frames: bool = False
+    sock: zmq.Socket[Any], handle: Callable[[Any], object], *, batch: int, frames: bool = False
 ) -> Reader:
     """The reader of one zmq socket whose messages are single frames: ``handle(frame)``
     (which never raises) for each. Its blocking loop is a bare ``recv`` loop, so a
@@ -380,17 +380,24 @@ class InboundConnection(Connection):
         refuse: Callable[[BaseException, str, str], R],
         *,
         check: Callable[[Any], Any] | None = None,
+        entry: Entry | None = None,
     ) -> Delivery[R]:
         """The compiled pipeline for this connection's messages (see ``pipeline.py``):
-        over sockets the codec has checked the args; inline, ``check`` does."""
+        over sockets the codec has checked the args; inline, ``check`` does. ``entry``:
+        the reader's own decoding lines, compiled in front (see ``pipeline.Entry``)."""
         return compile_delivery(
-            self.receiver(), answer=answer, refuse=refuse, scope=self.env.scope, check=check
+            self.receiver(),
+            answer=answer,
+            refuse=refuse,
+            scope=self.env.scope,
+            check=check,
+            entry=entry,
         )
 
-    def one_way_delivery(self) -> Delivery[None]:
+    def one_way_delivery(self, entry: Entry | None = None) -> Delivery[None]:
         """The pipeline of a connection that never answers (a subscriber, a puller, a
         timer): what the handler returns is ignored, a refused message only logged."""
-        return self.delivery(None, _no_refusal)
+        return self.delivery(None, _no_refusal, entry=entry)
 
     @staticmethod
     def drain_multipart(sock: zmq.Socket[Any]) -> int:

@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 import zmq
 
-from ..errors import DecodeError, ValidationError
-from ..pipeline import Delivery
+from ..errors import DecodeError
+from ..pipeline import Delivery, Entry
 from ..transport import sender_of
 from .base import ConnectionEnv, InboundConnection, Reader, socket_reader
 
@@ -68,34 +68,44 @@ class Replyer(InboundConnection):
     def build_readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        send = sender_of(sock)
-        decode, workflow_id_of = self.codec.decode_request, self.codec.workflow_id_of
-        deliver, reject = self.wire_delivery()
+        workflow_id_of = self.codec.workflow_id_of
 
-        def handle(frame: zmq.Frame) -> None:
-            # Whether more frames follow, read off the frame (see socket_reader): the
-            # check has to come before the handler runs, so it cannot wait for the
-            # reply's EFSM.
-            if frame.more:
-                # REP replies only once the whole request is read; the handler never
-                # sees it (see the module docstring).
-                self.drain_multipart(sock)
-                send(reject(DecodeError("a request must be a single frame"), workflow_id_of(frame)))
-                return
-            try:
-                request = decode(frame)
-            except (DecodeError, ValidationError) as error:
-                send(reject(error, workflow_id_of(frame)))
-                return
-            send(deliver(request.args, request.workflow_id))
+        def refuse_multipart(frame: zmq.Frame) -> bytes:
+            # REP replies only once the whole request is read; the handler never sees it
+            # (see the module docstring).
+            self.drain_multipart(sock)
+            return reject(DecodeError("a request must be a single frame"), workflow_id_of(frame))
 
+        # The reader's whole work for one request, compiled with the pipeline into one
+        # function: whether more frames follow is read off the frame (see socket_reader),
+        # and has to come before the handler runs, so it cannot wait for the reply's
+        # EFSM; then decode, deliver, and send the reply (or the error reply).
+        entry = Entry(
+            "frame",
+            (
+                "if frame.more:",
+                "    return send(refuse_multipart(frame))",
+                "try:",
+                "    request = decode(frame)",
+                "except CHECK_FAILED as error:",
+                "    return send(reject(error, workflow_id_of(frame)))",
+                "args, workflow_id = request.args, request.workflow_id",
+            ),
+            {
+                "decode": self.codec.decode_request,
+                "workflow_id_of": workflow_id_of,
+                "refuse_multipart": refuse_multipart,
+            },
+            send=sender_of(sock),
+        )
+        handle, reject = self.wire_delivery(entry)
         # One request per poll turn: a REP socket holds the next request only after the
         # reply, and probing for it (a raised zmq.Again) costs more than polling again.
         return (socket_reader(sock, handle, batch=1, frames=True),)
 
-    def wire_delivery(self) -> Delivery[bytes]:
+    def wire_delivery(self, entry: Entry | None = None) -> Delivery[bytes]:
         """The pipeline with the reply frames as its answers: the encoded reply, or an
-        error reply for a request refused."""
+        error reply for a request refused (``entry``: the reader's lines in front)."""
         codec, max_bytes = self.codec, self.socket_options.max_message_bytes
         encode_reply, encode_error = codec.encode_reply, codec.encode_error
 
@@ -111,7 +121,7 @@ class Replyer(InboundConnection):
         def refuse(error: BaseException, text: str, workflow_id: str) -> bytes:
             return encode_error(type(error).__name__, text, workflow_id)
 
-        return self.delivery(answer, refuse)
+        return self.delivery(answer, refuse, entry=entry)
 
     def finish(self, deadline: float) -> None:
         super().finish(deadline)
