@@ -18,7 +18,8 @@ from typing import Any
 
 import zmq
 
-from ..errors import DecodeError, ValidationError
+from ..errors import DecodeError
+from ..pipeline import Entry
 from .base import ConnectionEnv, InboundConnection, Reader, socket_reader
 
 __all__ = ["Puller"]
@@ -51,23 +52,34 @@ class Puller(InboundConnection):
     def build_readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        decode, workflow_id_of = self.codec.decode, self.codec.workflow_id_of
-        deliver, reject = self.one_way_delivery()
-        # Unlike a subscriber's, a multi-frame message never runs the handler: a pusher
-        # hands each message to one puller only, so what it meant must not be half-done.
-        # Whether more frames follow is read off the frame (see socket_reader).
+        workflow_id_of = self.codec.workflow_id_of
 
-        def handle(frame: zmq.Frame) -> None:
-            if frame.more:
-                extra = self.drain_multipart(sock)
-                error = DecodeError(f"a message must be a single frame (got {extra + 1})")
-                reject(error, workflow_id_of(frame))
-                return
-            try:
-                message = decode(frame)
-            except (DecodeError, ValidationError) as error:
-                reject(error, workflow_id_of(frame))
-                return
-            deliver(message.args, message.workflow_id)
+        def refuse_multipart(frame: zmq.Frame) -> None:
+            extra = self.drain_multipart(sock)
+            error = DecodeError(f"a message must be a single frame (got {extra + 1})")
+            reject(error, workflow_id_of(frame))
 
+        # The reader's whole work for one message, compiled with the pipeline into one
+        # function (see pipeline.Entry). Unlike a subscriber's, a multi-frame message
+        # never runs the handler: a pusher hands each message to one puller only, so
+        # what it meant must not be half-done. Whether more frames follow is read off
+        # the frame (see socket_reader).
+        entry = Entry(
+            "frame",
+            (
+                "if frame.more:",
+                "    return refuse_multipart(frame)",
+                "try:",
+                "    message = decode(frame)",
+                "except CHECK_FAILED as error:",
+                "    return reject(error, workflow_id_of(frame))",
+                "args, workflow_id = message.args, message.workflow_id",
+            ),
+            {
+                "decode": self.codec.decode,
+                "workflow_id_of": workflow_id_of,
+                "refuse_multipart": refuse_multipart,
+            },
+        )
+        handle, reject = self.one_way_delivery(entry)
         return (socket_reader(sock, handle, batch=256, frames=True),)

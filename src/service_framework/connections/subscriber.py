@@ -26,8 +26,8 @@ from typing import Any
 
 import zmq
 
-from ..errors import DecodeError, ValidationError
 from ..logs import RateLimit, clip
+from ..pipeline import Entry
 from .base import ConnectionEnv, InboundConnection, Reader, socket_reader
 
 __all__ = ["Subscriber"]
@@ -165,30 +165,37 @@ class Subscriber(InboundConnection):
     def build_readers(self) -> Sequence[Reader]:
         sock = self.socket
         assert sock is not None
-        decode, workflow_id_of = self.codec.decode, self.codec.workflow_id_of
-        deliver, reject = self.one_way_delivery()
-        switch = self.gaps.switch
-        # The publisher heard last and the number its next message should carry.
-        last, expected = "", 0
-
-        def handle(frame: bytes) -> None:
-            nonlocal last, expected
-            # Frames are taken one by one (asking each for RCVMORE would cost more than
-            # the rest of the bare receive): the extra frames of a multi-frame message
-            # are rejected in turn, as frames that do not decode.
-            try:
-                message = decode(frame)
-            except (DecodeError, ValidationError) as error:
-                reject(error, workflow_id_of(frame))
-                return
-            seq = message.seq
-            if seq == expected and message.publisher == last:
-                expected = seq + 1
-            elif seq >= 0:  # -1: a frame without a number
-                switch(message.publisher, seq, last, expected)
-                last, expected = message.publisher, seq + 1
-            deliver(message.args, message.workflow_id)
-
+        # The reader's whole work for one frame, compiled with the pipeline into one
+        # function (see pipeline.Entry). Frames are taken one by one (asking each for
+        # RCVMORE would cost more than the rest of the bare receive): the extra frames
+        # of a multi-frame message are rejected in turn, as frames that do not decode.
+        # ``last`` and ``expected``: the publisher heard last and the number its next
+        # message should carry (the function's own globals).
+        entry = Entry(
+            "frame",
+            (
+                "global last, expected",
+                "try:",
+                "    message = decode(frame)",
+                "except CHECK_FAILED as error:",
+                "    return reject(error, workflow_id_of(frame))",
+                "seq = message.seq",
+                "if seq == expected and message.publisher == last:",
+                "    expected = seq + 1",
+                "elif seq >= 0:  # -1: a frame without a number",
+                "    switch(message.publisher, seq, last, expected)",
+                "    last, expected = message.publisher, seq + 1",
+                "args, workflow_id = message.args, message.workflow_id",
+            ),
+            {
+                "decode": self.codec.decode,
+                "workflow_id_of": self.codec.workflow_id_of,
+                "switch": self.gaps.switch,
+                "last": "",
+                "expected": 0,
+            },
+        )
+        handle = self.one_way_delivery(entry).deliver
         return (socket_reader(sock, handle, batch=256),)
 
     def finish(self, deadline: float) -> None:
