@@ -51,6 +51,7 @@ import datetime as _dt
 import decimal
 import enum
 import itertools
+import keyword
 import re
 import typing
 import uuid
@@ -235,16 +236,31 @@ def _literal_wire(node: LiteralNode) -> Any:
     return lit
 
 
+def _field_attrs(node: FieldsNode) -> tuple[str, ...]:
+    """The attribute names of a dict-shaped node's Struct: its keys, when every key can
+    be one (then ``msgspec.structs.asdict`` turns a decoded value into the dict, in C);
+    else ``f0``, ``f1``... (a key need not be an identifier, or may be a keyword), which
+    ``rename`` maps to the keys on the wire."""
+    keys = node.keys
+    if all(
+        isinstance(key, str)
+        and key.isidentifier()
+        and not keyword.iskeyword(key)
+        and not key.startswith("_")
+        for key in keys
+    ):
+        return tuple(typing.cast(Sequence[str], keys))
+    return tuple(f"f{i}" for i in range(len(keys)))
+
+
 def _fields_wire(node: FieldsNode) -> Any:
-    # Field names are f0, f1...: a key need not be an identifier (or may be a keyword);
-    # rename maps them to the keys on the wire.
     fields: list[tuple[Any, ...]] = []
     rename: dict[str, str] = {}
-    for i, key in enumerate(node.keys):
+    for attr, key in zip(_field_attrs(node), node.keys, strict=True):
         if not isinstance(key, str):
             raise UnsupportedOnWire(f"key {key!r} is not a str; msgpack maps need str keys")
-        attr = f"f{i}"
-        rename[attr] = key
+        if attr != key:
+            rename[attr] = key
         wire = _key_wire(node.required.get(key) or node.optional[key], key)
         if key in node.required:
             fields.append((attr, wire))
@@ -253,7 +269,7 @@ def _fields_wire(node: FieldsNode) -> Any:
     return msgspec.defstruct(
         f"Fields{next(_STRUCT_NAMES)}",
         fields,
-        rename=rename,
+        rename=rename or None,
         forbid_unknown_fields=True,
         omit_defaults=True,
     )
@@ -332,25 +348,34 @@ def _conv(node: Node, cg: CodeGen, var: str) -> str | None:
 
 
 def _fields_conv(node: FieldsNode, cg: CodeGen, var: str) -> str:
+    attrs = _field_attrs(node)
     if not node.optional:
+        convs = [
+            _conv(item, cg, f"{var}.{attr}")
+            for attr, item in zip(attrs, node.required.values(), strict=True)
+        ]
+        if attrs == tuple(node.required) and all(conv is None for conv in convs):
+            # Attributes named as the keys, values as decoded: msgspec's asdict, in C.
+            cg.ns["asdict"] = msgspec.structs.asdict
+            return f"asdict({var})"
         # A dict display in place: no call per dict (a list of 8 of them makes 8 calls
         # fewer). ``var`` is a name, attribute or index: cheap to read once per key.
-        items = []
-        for i, (key, item) in enumerate(node.required.items()):
-            attr = f"{var}.f{i}"
-            items.append(f"{cg.const(key)}: {_conv(item, cg, attr) or attr}")
+        items = [
+            f"{cg.const(key)}: {conv or f'{var}.{attr}'}"
+            for key, attr, conv in zip(node.required, attrs, convs, strict=True)
+        ]
         return f"{{{', '.join(items)}}}"
 
     def body() -> None:
         items = []
-        for i, key in enumerate(node.required):
-            attr = f"x.f{i}"
-            items.append(f"{cg.const(key)}: {_conv(node.required[key], cg, attr) or attr}")
+        for attr, key in zip(attrs, node.required, strict=False):
+            value = f"x.{attr}"
+            items.append(f"{cg.const(key)}: {_conv(node.required[key], cg, value) or value}")
         cg.lines.append(f"    d = {{{', '.join(items)}}}")
         offset = len(node.required)
         for i, (key, item) in enumerate(node.optional.items()):
             v = cg.var()
-            cg.lines.append(f"    {v} = x.f{offset + i}")
+            cg.lines.append(f"    {v} = x.{attrs[offset + i]}")
             expr = _conv(item, cg, v) or v
             cg.lines.append(f"    if {v} is not UNSET: d[{cg.const(key)}] = {expr}")
         cg.lines.append("    return d")
