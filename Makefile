@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/pubsub.py
 	$(PY) benchmarks/pubsub_fanout.py
 	$(PY) benchmarks/ndarray.py
+	$(PY) benchmarks/coldpath.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
