@@ -97,12 +97,15 @@ class Entry:
     ``params``: the function's parameters (e.g. ``"frame"``). ``lines`` bind ``args`` and
     ``workflow_id`` from them, or return early; they may use ``names``, ``reject`` (the
     delivery's) and ``send``. ``send``: what every result of the delivery (the answer,
-    or a refusal) is passed to; ``None``: the function returns it."""
+    or a refusal) is passed to; ``None``: the function returns it. ``answer``: lines
+    that set ``reply`` from the checked ``result`` and ``workflow_id``, in place of the
+    ``answer`` callable (which may then be None); they may raise, as it may."""
 
     params: str
     lines: tuple[str, ...]
     names: Mapping[str, Any]
     send: Callable[[Any], Any] | None = None
+    answer: tuple[str, ...] = ()
 
 
 def compile_delivery(
@@ -220,9 +223,12 @@ def compile_delivery(
         ]
     else:
         body.append("    result = None")  # one-way: what the handler returns is ignored
-    body.append(
-        "    reply = result" if answer is None else "    reply = answer(result, workflow_id)"
-    )
+    if entry is not None and entry.answer:
+        body += _indent(list(entry.answer))
+    else:
+        body.append(
+            "    reply = result" if answer is None else "    reply = answer(result, workflow_id)"
+        )
     body += [
         "except Exception as error:",
         f"    return {out}(fail(error, {workflow}, {took}))",

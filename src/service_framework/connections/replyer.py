@@ -79,7 +79,9 @@ class Replyer(InboundConnection):
         # The reader's whole work for one request, compiled with the pipeline into one
         # function: whether more frames follow is read off the frame (see socket_reader),
         # and has to come before the handler runs, so it cannot wait for the reply's
-        # EFSM; then decode, deliver, and send the reply (or the error reply).
+        # EFSM; then decode, deliver, encode the reply (over sockets every message
+        # carries its id: None is for inline calls only) and send it, or the error reply.
+        max_bytes = self.socket_options.max_message_bytes
         entry = Entry(
             "frame",
             (
@@ -95,33 +97,36 @@ class Replyer(InboundConnection):
                 "decode": self.codec.decode_request,
                 "workflow_id_of": workflow_id_of,
                 "refuse_multipart": refuse_multipart,
+                "encode_reply": self.codec.encode_reply,
+                "max_bytes": max_bytes,
+                "too_large": self._reply_too_large,
             },
             send=sender_of(sock),
+            answer=(
+                "reply = encode_reply({} if result is None else result, workflow_id)",
+                "if len(reply) > max_bytes:",
+                "    raise too_large(len(reply))",
+            ),
         )
         handle, reject = self.wire_delivery(entry)
         # One request per poll turn: a REP socket holds the next request only after the
         # reply, and probing for it (a raised zmq.Again) costs more than polling again.
         return (socket_reader(sock, handle, batch=1, frames=True),)
 
-    def wire_delivery(self, entry: Entry | None = None) -> Delivery[bytes]:
-        """The pipeline with the reply frames as its answers: the encoded reply, or an
-        error reply for a request refused (``entry``: the reader's lines in front)."""
-        codec, max_bytes = self.codec, self.socket_options.max_message_bytes
-        encode_reply, encode_error = codec.encode_reply, codec.encode_error
-
-        def answer(result: Any, workflow_id: str | None) -> bytes:
-            # Over sockets every message carries its id (None is for inline calls only).
-            reply = encode_reply({} if result is None else result, workflow_id)  # type: ignore[arg-type]
-            if len(reply) > max_bytes:
-                # The requester's socket (same limit) would drop the connection on this
-                # reply: its caller would see a timeout, and a retry run the handler again.
-                raise self.too_large(len(reply), "reply", "return_args")
-            return reply
+    def wire_delivery(self, entry: Entry) -> Delivery[bytes]:
+        """The pipeline with the reply frames as its answers: the encoded reply (the
+        ``entry``'s answer lines), or an error reply for a request refused."""
+        encode_error = self.codec.encode_error
 
         def refuse(error: BaseException, text: str, workflow_id: str) -> bytes:
             return encode_error(type(error).__name__, text, workflow_id)
 
-        return self.delivery(answer, refuse, entry=entry)
+        return self.delivery(None, refuse, entry=entry)
+
+    def _reply_too_large(self, size: int) -> Exception:
+        # The requester's socket (same limit) would drop the connection on this reply:
+        # its caller would see a timeout, and a retry run the handler again.
+        return self.too_large(size, "reply", "return_args")
 
     def finish(self, deadline: float) -> None:
         super().finish(deadline)
