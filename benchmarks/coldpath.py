@@ -14,7 +14,8 @@ What is measured
       to a replyer (``services/bench_replyer.py``) whose service loop runs in a thread of
       this process, over TCP on 127.0.0.1: validated both ways, with workflow ids.
     * Bare, same run: a REQ socket to a bare REP loop in another thread (plain pyzmq and
-      ``msgpack.packb``/``unpackb``), the same payload and reply.
+      ``msgpack.packb``/``unpackb``), the same payload and reply; each side has its own
+      zmq context, as each service does.
     * Before every round trip a buffer (``--flush-mib``, larger than the L2 cache) is
       walked, one byte per cache line. Then one framework trip and one bare trip are
       timed, in alternating order, ``--n`` times; the figure is the ratio of the median
@@ -87,9 +88,11 @@ def measure(n: int, rounds: int, flush_bytes: int) -> list[tuple[float, float]]:
     to_send = requester.to_send
     assert to_send is not None
 
+    # Each side its own context, as each service has: one I/O thread per side.
+    server_ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     ready: list[int] = []
-    bare = threading.Thread(target=bare_server, args=(ctx, ready), daemon=True)
+    bare = threading.Thread(target=bare_server, args=(server_ctx, ready), daemon=True)
     bare.start()
     while not ready:
         time.sleep(0.01)
@@ -143,6 +146,7 @@ def measure(n: int, rounds: int, flush_bytes: int) -> list[tuple[float, float]]:
         replyer.stop()
         serving.join(10)
         ctx.term()
+        server_ctx.term()
     return results
 
 
