@@ -9,11 +9,17 @@ blocking receive (``benchmarks/coldpath.py``). These bounds hold the path to wha
 from __future__ import annotations
 
 import collections
+import logging
 import sys
 import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
+
+import pytest
+
+from service_framework.observe import ConnectionStats
+from service_framework.pipeline import Entry, Receiver, compile_delivery
 
 REPLYER = """
 def on_order(args, to_send, config):
@@ -106,3 +112,22 @@ def test_a_request_runs_six_python_functions_in_the_caller_and_five_in_the_reply
         "on_order",
         "read",
     ]
+
+
+def test_an_entry_cannot_replace_the_pipelines_own_names() -> None:
+    receiver = Receiver(
+        "svc",
+        "conn",
+        lambda args, to_send, config: None,
+        None,
+        {},
+        ConnectionStats(),
+        logging.getLogger("test"),
+    )
+    entry = Entry("frame", ("args, workflow_id = frame, 'w'",), {"handler": print})
+    with pytest.raises(ValueError, match=r"must not replace the pipeline's: \['handler'\]"):
+        compile_delivery(receiver, answer=None, refuse=lambda *a: None, scope=None, entry=entry)
+    ok = Entry("frame", ("args, workflow_id = frame, 'w'",), {"unpack": print})
+    deliver = compile_delivery(receiver, answer=None, refuse=lambda *a: None, scope=None, entry=ok)
+    assert deliver.deliver({"a": 1}) is None
+    assert receiver.observer.handled == 1  # type: ignore[attr-defined]

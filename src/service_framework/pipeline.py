@@ -236,6 +236,9 @@ def compile_delivery(
     body += [*after, *counting["handled"], f"return {out}(reply)"]
     lines = ["def deliver(args, workflow_id):"]
     if entry is not None:
+        taken = sorted(set(entry.names) & {*names, "reject", "send"})
+        if taken:
+            raise ValueError(f"an entry's names must not replace the pipeline's: {taken}")
         names.update(entry.names)
         names["reject"], names["send"] = reject, entry.send
         lines = [f"def deliver({entry.params}):", *_indent(list(entry.lines))]
