@@ -430,3 +430,68 @@ def test_free_ports_refuse_services_that_connect_to_each_other(up, tmp_path) -> 
     assert process.finish() == 2
     assert "connect to each other's binders" in process.output
     assert "started (pid=" not in process.output
+
+
+SLOW = """
+import time
+
+def on_work(args, to_send, config):
+    print('working', flush=True)
+    time.sleep(args['seconds'])
+    return {'done': True}
+
+connection_models = {'in': {'work': {
+    'connection_type': 'replyer',
+    'required_creation_arguments': {'connection_function': on_work},
+    'required_arguments': {'seconds': float},
+    'required_return_arguments': {'done': bool},
+}}}
+"""
+
+
+def test_a_request_in_flight_at_ctrl_c_is_answered_though_it_outlasts_honchos_wait(
+    up, tmp_path, client
+) -> None:
+    # honcho's 5 s count from the first service that stopped: echo stops at once.
+    (tmp_path / "slow.py").write_text(SLOW)
+    (tmp_path / "echo.py").write_text(ECHO)
+    system = tmp_path / "system.toml"
+    system.write_text(
+        'name = "slow"\n[services.slow]\nfile = "slow.py"\n'
+        'addresses = { in = { work = { replyer = "127.0.0.1:0" } } }\n'
+        '[services.echo]\nfile = "echo.py"\n'
+        'addresses = { in = { echo = { replyer = "127.0.0.1:0" } } }\n'
+    )
+    process = up("--free_ports", str(system))
+    process.wait_for(r"echo\s+\| .*echo: ready")
+    ready = process.wait_for(r"slow\s+\| .*slow: ready \(work=tcp://127\.0\.0\.1:(\d+)\)")
+    port = re.search(r":(\d+)\)$", ready)
+    assert port is not None
+    caller = client(
+        {
+            "out": {
+                "work": {
+                    "connection_type": "requester",
+                    "optional_creation_arguments": {"timeout_s": 30},
+                    "required_arguments": {"seconds": float},
+                    "required_return_arguments": {"done": bool},
+                }
+            }
+        },
+        {"out": {"work": {"requester": f"127.0.0.1:{port.group(1)}"}}},
+    )
+    replies: queue.Queue[object] = queue.Queue()
+
+    def call() -> None:
+        try:
+            replies.put(caller.to_send("work", {"seconds": 6.5}))  # honcho's wait is 5 s
+        except Exception as exc:  # the test reads it below
+            replies.put(exc)
+
+    threading.Thread(target=call, daemon=True).start()
+    process.wait_for(r"slow\s+\| working$")
+    os.kill(process.popen.pid, signal.SIGINT)
+    assert replies.get(timeout=30) == {"done": True}
+    assert process.finish() == 0, process.output
+    assert "slow stopped (rc=0)" in process.output
+    assert "echo stopped (rc=0)" in process.output

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .check import check_topology
 from .errors import StartupError
@@ -29,6 +29,12 @@ from .topology import (
 )
 
 __all__ = ["DeployError", "ServicePlan", "SystemPlan", "plan_system", "service_args", "to_json"]
+
+
+#: How long every engine waits, after asking a service to stop, before it kills it: the
+#: service's ``stop_timeout_s`` (10 s by default) to finish the work already queued,
+#: then its refusals of what is left and its sockets' linger, with room to spare.
+STOP_GRACE_S: Final = 30
 
 
 class DeployError(StartupError):

@@ -33,7 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .deploy import ServicePlan, SystemPlan, plan_system, service_args, to_json
+from .deploy import STOP_GRACE_S, ServicePlan, SystemPlan, plan_system, service_args, to_json
 from .errors import ServiceFrameworkError
 from .probe import PROBE_FILE_ENV
 from .topology import Topology, load_topology
@@ -322,7 +322,7 @@ def _export_k8s(plan: SystemPlan, out: Path, image: str) -> dict[str, str]:
                         "metadata": {"labels": labels},
                         "spec": {
                             # A graceful stop answers what is in flight first.
-                            "terminationGracePeriodSeconds": 30,
+                            "terminationGracePeriodSeconds": STOP_GRACE_S,
                             "containers": [container],
                             "volumes": volumes,
                         },
@@ -483,7 +483,7 @@ def _export_compose(plan: SystemPlan, out: Path, image: str) -> dict[str, str]:
             "start_period": "30s",
             "start_interval": "1s",
         }
-        entry["stop_grace_period"] = "30s"
+        entry["stop_grace_period"] = f"{STOP_GRACE_S}s"
         if service.spec.replicas > 1:
             entry["deploy"] = {"replicas": service.spec.replicas}
         # A main-mode service ends when main returns; the others run until stopped.
@@ -626,7 +626,7 @@ def _export_systemd(plan: SystemPlan, out: Path, python: str) -> dict[str, str]:
         lines += [
             f"ExecStart={_systemd_command([*framework, *service_argv])}",
             "KillSignal=SIGTERM",
-            "TimeoutStopSec=30",
+            f"TimeoutStopSec={STOP_GRACE_S}",
         ]
         if service.spec.main:
             # main returning ends the service; a stop while main runs exits 128+SIGTERM.

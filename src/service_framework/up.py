@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .deploy import DeployError, SystemPlan, plan_system, service_args, to_json
+from .deploy import STOP_GRACE_S, DeployError, SystemPlan, plan_system, service_args, to_json
 from .errors import ServiceFrameworkError
 from .probe import check_probe_file
 from .topology import load_topology
@@ -216,13 +216,25 @@ def _honcho_manager(printer: Any) -> Any:
 
     class SystemManager(Manager):  # type: ignore[misc]
         interrupted = False
+        stop_asked_at: float | None = None
 
         def terminate(self) -> None:
             # honcho calls terminate() from its SIGINT/SIGTERM handler, or once a process
             # has stopped: before any has, it was a signal.
             if not self._terminating and not self._any_stopped():
                 self.interrupted = True
+            if self.stop_asked_at is None:
+                self.stop_asked_at = time.monotonic()
             super().terminate()
+
+        def kill(self) -> None:
+            # honcho kills whatever still runs 5 s after the stop, and asks again every
+            # turn of its loop from then on: a service finishing the work it had queued
+            # (up to its stop_timeout_s) gets the grace every export gives it instead.
+            asked = self.stop_asked_at
+            if asked is not None and time.monotonic() - asked < STOP_GRACE_S:
+                return
+            super().kill()
 
         def exit_codes(self) -> dict[str, int | None]:
             # honcho 2.x keeps each process's exit code here; it has no public accessor.
