@@ -20,10 +20,11 @@ target delivers through :func:`compile_delivery`::
   workflow id). Either way ``refuse(error, text, workflow_id)`` says what the sender
   gets: an error reply, a ``RemoteError``, nothing, or the error itself.
 
-The connection keeps only its socket and framing: it decodes, counts what it took off
-the wire (``on_received``), and sends what ``answer`` or ``refuse`` returned.
-Everything is bound once, at start-up: delivering one message is two calls deep (the
-flow scope, then this module's body) before the handler.
+The connection keeps only its socket and framing: how a frame is decoded (and refused),
+and what is sent back. A reader over sockets hands those lines to the pipeline as an
+:class:`Entry`, compiled in front of the delivery, so its whole work for one message is
+one call; inline relations and external targets call the delivery directly. Everything
+is bound once, at start-up: a message runs one generated function before its handler.
 """
 
 from __future__ import annotations
