@@ -12,6 +12,7 @@ import collections
 import logging
 import sys
 import threading
+import types
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -124,10 +125,14 @@ def test_an_entry_cannot_replace_the_pipelines_own_names() -> None:
         ConnectionStats(),
         logging.getLogger("test"),
     )
-    entry = Entry("frame", ("args, workflow_id = frame, 'w'",), {"handler": print})
+
+    def decode(frame: Any) -> Any:
+        return types.SimpleNamespace(args=frame, workflow_id="w")
+
+    entry = Entry(decode, lambda frame: "w", names={"handler": print})
     with pytest.raises(ValueError, match=r"must not replace the pipeline's: \['handler'\]"):
         compile_delivery(receiver, answer=None, refuse=lambda *a: None, scope=None, entry=entry)
-    ok = Entry("frame", ("args, workflow_id = frame, 'w'",), {"unpack": print})
+    ok = Entry(decode, lambda frame: "w", names={"unpack": print})
     deliver = compile_delivery(receiver, answer=None, refuse=lambda *a: None, scope=None, entry=ok)
     assert deliver.deliver({"a": 1}) is None
     assert receiver.observer.handled == 1  # type: ignore[attr-defined]

@@ -82,7 +82,7 @@ class Delivery(NamedTuple, Generic[R]):
     """One compiled delivery: ``deliver(args, workflow_id)`` for a message whose args
     passed (or, inline, are about to pass) the check, ``reject(error, workflow_id)`` for
     one that did not decode or validate. Neither raises unless ``answer``/``refuse``
-    does. With an :class:`Entry`, ``deliver`` takes the entry's parameters instead."""
+    does. With an :class:`Entry`, ``deliver`` takes the frame instead."""
 
     deliver: Callable[..., R]
     reject: Callable[[Exception, str], R]
@@ -90,21 +90,27 @@ class Delivery(NamedTuple, Generic[R]):
 
 @dataclass(frozen=True)
 class Entry:
-    """A connection's own per-message lines, compiled into the delivery's function in
-    front of it, so that a reader's whole work for one message - decode, deliver,
-    send - is one call (each call is a function, its code and cells to fetch, and after
-    a blocking receive they are fetched cache-cold).
+    """How a reader over sockets turns a frame into the message it delivers, compiled
+    into the delivery's function in front of it, so that a reader's whole work for one
+    frame - decode, deliver, send - is one call (each call is a function, its code and
+    cells to fetch, and after a blocking receive they are fetched cache-cold).
 
-    ``params``: the function's parameters (e.g. ``"frame"``). ``lines`` bind ``args`` and
-    ``workflow_id`` from them, or return early; they may use ``names``, ``reject`` (the
-    delivery's) and ``send``. ``send``: what every result of the delivery (the answer,
-    or a refusal) is passed to; ``None``: the function returns it. ``answer``: lines
-    that set ``reply`` from the checked ``result`` and ``workflow_id``, in place of the
-    ``answer`` callable (which may then be None); they may raise, as it may."""
+    The function takes the ``frame``. ``decode(frame)`` returns the message (with
+    ``args`` and ``workflow_id``) or raises ``DecodeError``/``ValidationError``; a frame
+    that does not decode is rejected under ``workflow_id_of(frame)``. ``guard``: lines
+    run before the decode, which may return early (a multi-frame message refused);
+    ``after``: lines run on the decoded ``message`` before its delivery (a subscriber's
+    sequence check). Both may use ``names``, ``reject`` (the delivery's) and ``send``.
+    ``send``: what every result of the delivery (the answer, or a refusal) is passed
+    to; ``None``: the function returns it. ``answer``: lines that set ``reply`` from the
+    checked ``result`` and ``workflow_id``, in place of the ``answer`` callable (which
+    may then be None); they may raise, as it may."""
 
-    params: str
-    lines: tuple[str, ...]
-    names: Mapping[str, Any]
+    decode: Callable[[Any], Any]
+    workflow_id_of: Callable[[Any], str]
+    guard: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()
+    names: Mapping[str, Any] = field(default_factory=dict)
     send: Callable[[Any], Any] | None = None
     answer: tuple[str, ...] = ()
 
@@ -237,12 +243,24 @@ def compile_delivery(
     body += [*after, *counting["handled"], f"return {out}(reply)"]
     lines = ["def deliver(args, workflow_id):"]
     if entry is not None:
-        taken = sorted(set(entry.names) & {*names, "reject", "send"})
+        own = {"reject": reject, "send": entry.send}
+        own.update(decode=entry.decode, workflow_id_of=entry.workflow_id_of)
+        taken = sorted(set(entry.names) & {*names, *own})
         if taken:
             raise ValueError(f"an entry's names must not replace the pipeline's: {taken}")
         names.update(entry.names)
-        names["reject"], names["send"] = reject, entry.send
-        lines = [f"def deliver({entry.params}):", *_indent(list(entry.lines))]
+        names.update(own)
+        decode = [
+            "try:",
+            "    message = decode(frame)",
+            "except CHECK_FAILED as error:",
+            f"    return {out}(reject(error, workflow_id_of(frame)))",
+        ]
+        lines = [
+            "def deliver(frame):",
+            *_indent([*entry.guard, *decode, *entry.after]),
+            "    args, workflow_id = message.args, message.workflow_id",
+        ]
     lines += _indent(enter)
     if scope is not None:
         lines += ["    try:", *_indent(body, 8), "    finally:", *_indent(leave, 8)]

@@ -65,21 +65,10 @@ class Puller(InboundConnection):
         # what it meant must not be half-done. Whether more frames follow is read off
         # the frame (see socket_reader).
         entry = Entry(
-            "frame",
-            (
-                "if frame.more:",
-                "    return refuse_multipart(frame)",
-                "try:",
-                "    message = decode(frame)",
-                "except CHECK_FAILED as error:",
-                "    return reject(error, workflow_id_of(frame))",
-                "args, workflow_id = message.args, message.workflow_id",
-            ),
-            {
-                "decode": self.codec.decode,
-                "workflow_id_of": workflow_id_of,
-                "refuse_multipart": refuse_multipart,
-            },
+            self.codec.decode,
+            workflow_id_of,
+            guard=("if frame.more:", "    return refuse_multipart(frame)"),
+            names={"refuse_multipart": refuse_multipart},
         )
         handle, reject = self.one_way_delivery(entry)
         return (socket_reader(sock, handle, batch=256, frames=True),)

@@ -83,19 +83,10 @@ class Replyer(InboundConnection):
         # carries its id: None is for inline calls only) and send it, or the error reply.
         max_bytes = self.socket_options.max_message_bytes
         entry = Entry(
-            "frame",
-            (
-                "if frame.more:",
-                "    return send(refuse_multipart(frame))",
-                "try:",
-                "    request = decode(frame)",
-                "except CHECK_FAILED as error:",
-                "    return send(reject(error, workflow_id_of(frame)))",
-                "args, workflow_id = request.args, request.workflow_id",
-            ),
-            {
-                "decode": self.codec.decode_request,
-                "workflow_id_of": workflow_id_of,
+            self.codec.decode_request,
+            workflow_id_of,
+            guard=("if frame.more:", "    return send(refuse_multipart(frame))"),
+            names={
                 "refuse_multipart": refuse_multipart,
                 "encode_reply": self.codec.encode_reply,
                 "max_bytes": max_bytes,

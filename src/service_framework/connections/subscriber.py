@@ -172,28 +172,18 @@ class Subscriber(InboundConnection):
         # ``last`` and ``expected``: the publisher heard last and the number its next
         # message should carry (the function's own globals).
         entry = Entry(
-            "frame",
-            (
+            self.codec.decode,
+            self.codec.workflow_id_of,
+            after=(
                 "global last, expected",
-                "try:",
-                "    message = decode(frame)",
-                "except CHECK_FAILED as error:",
-                "    return reject(error, workflow_id_of(frame))",
                 "seq = message.seq",
                 "if seq == expected and message.publisher == last:",
                 "    expected = seq + 1",
                 "elif seq >= 0:  # -1: a frame without a number",
                 "    switch(message.publisher, seq, last, expected)",
                 "    last, expected = message.publisher, seq + 1",
-                "args, workflow_id = message.args, message.workflow_id",
             ),
-            {
-                "decode": self.codec.decode,
-                "workflow_id_of": self.codec.workflow_id_of,
-                "switch": self.gaps.switch,
-                "last": "",
-                "expected": 0,
-            },
+            names={"switch": self.gaps.switch, "last": "", "expected": 0},
         )
         handle = self.one_way_delivery(entry).deliver
         return (socket_reader(sock, handle, batch=256),)
