@@ -35,11 +35,11 @@ import zmq
 
 from ..observe import split_stats
 from ..transport import sender_of
+from .base import ConnectionEnv, InlineTarget, OutboundConnection, Receiving, Route
+from .subscriber import Subscriber
 
 if TYPE_CHECKING:
     from ..models import ConnectionModel
-from .base import ConnectionEnv, InlineTarget, OutboundConnection, Receiving, Route
-from .subscriber import Subscriber
 
 __all__ = ["Publisher"]
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import zmq
 
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
-from ..observe import ConnectionStats, split_stats
+from ..observe import split_stats
 from ..transport import send_bytes
 from ..workflow import NEXT_CALL, next_workflow_id
 from .base import (
@@ -179,8 +179,8 @@ class Requester(OutboundConnection):
         acquire, release = self.lock.acquire, self.lock.release
         wait_for_lock, exchange, remote_error = self._wait_for_lock, self._exchange, self._remote
         stats, others = split_stats(self.observer)
-        if stats is None:  # no stats of ours to count into: only the observer's calls
-            stats = ConnectionStats()
+        assert stats is not None  # a connection's own stats are always its first observer
+        failed = self.observer.on_failed
         conn = self
         now = time.perf_counter_ns
         debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
@@ -223,10 +223,10 @@ class Requester(OutboundConnection):
             try:
                 decoded = decode(reply)
             except rejected:
-                conn.observer.on_failed(now() - started)
+                failed(now() - started)
                 raise
             if decoded.error is not None:
-                conn.observer.on_failed(now() - started)
+                failed(now() - started)
                 raise remote_error(decoded.error, workflow_id)
             elapsed = now() - started
             stats.handled += 1
