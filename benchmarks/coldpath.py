@@ -55,10 +55,13 @@ WARMUP = 2_000
 RECV_TIMEOUT_MS = 10_000
 
 
-def bare_server(ctx: zmq.Context[zmq.Socket[bytes]], ready: list[int]) -> None:
+def bare_server(
+    ctx: zmq.Context[zmq.Socket[bytes]], port: list[int], ready: threading.Event
+) -> None:
     sock = ctx.socket(zmq.REP)
     sock.setsockopt(zmq.LINGER, 0)
-    ready.append(sock.bind_to_random_port("tcp://127.0.0.1"))
+    port.append(sock.bind_to_random_port("tcp://127.0.0.1"))
+    ready.set()
     packb, unpackb, recv, send = msgpack.packb, msgpack.unpackb, sock.recv, sock.send
     try:
         while True:
@@ -91,15 +94,16 @@ def measure(n: int, rounds: int, flush_bytes: int) -> list[tuple[float, float]]:
     # Each side its own context, as each service has: one I/O thread per side.
     server_ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    ready: list[int] = []
-    bare = threading.Thread(target=bare_server, args=(server_ctx, ready), daemon=True)
+    port: list[int] = []
+    bound = threading.Event()
+    bare = threading.Thread(target=bare_server, args=(server_ctx, port, bound), daemon=True)
     bare.start()
-    while not ready:
-        time.sleep(0.01)
+    if not bound.wait(10):
+        raise RuntimeError("the bare server did not bind")
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, RECV_TIMEOUT_MS)
-    sock.connect(f"tcp://127.0.0.1:{ready[0]}")
+    sock.connect(f"tcp://127.0.0.1:{port[0]}")
     packb, unpackb, recv, send = msgpack.packb, msgpack.unpackb, sock.recv, sock.send
 
     def framework_trip() -> object:
