@@ -270,12 +270,12 @@ class InlineServices:
                 f"(inbound: {', '.join(in_service.prepared.models.inbound) or 'none'})"
             )
         kind = out_model.kind
-        peer = kind.peer if issubclass(kind, OutboundConnection) else None
-        if peer is None or not issubclass(kind, OutboundConnection):
+        if not issubclass(kind, OutboundConnection) or kind.peer is None:
             raise ValueError(
                 f"{out_service_name}.{out_connection} is a {out_model.connection_type}; "
                 f"only {', '.join(_linkable())} connections take relations"
             )
+        peer = kind.peer
         if in_model.kind is not peer:
             raise ValueError(
                 f"{out_service_name}.{out_connection} is a {out_model.connection_type} and "
