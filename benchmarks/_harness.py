@@ -31,10 +31,11 @@ from typing import TypeVar
 T = TypeVar("T")
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 SERVICES = HERE / "services"
-VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
-PYTHON = str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
+# The processes a benchmark starts run the interpreter it runs under, so they run the
+# same installed code (a benchmark run from another checkout's venv, to compare two
+# versions, measures that version on both sides).
+PYTHON = sys.executable
 
 
 # --------------------------------------------------------------------------- processes
