@@ -35,6 +35,7 @@ from .workflow import WORKFLOW_ID_MAX_CHARS
 if TYPE_CHECKING:
     import zmq
 
+    from .generated import Fragment
     from .validation import Node, Validator
 
 #: What a codec decodes: bytes, or a buffer such as a ``zmq.Frame`` received without a
@@ -125,6 +126,18 @@ class RequestReplyCodec(Protocol):
         """Decode a reply; its ``return_args`` are validated against the returns model."""
         ...
 
+    # The same four as lines of a connection's generated per-message function (see
+    # generated.py): each sets the local ``into`` from the locals it is given, or
+    # raises as its method does. A codec without lines of its own returns
+    # ``Fragment.call(into, method, ...)``.
+    def encode_request_source(self, args: str, workflow_id: str, into: str) -> Fragment: ...
+
+    def decode_request_source(self, frame: str, into: str) -> Fragment: ...
+
+    def encode_reply_source(self, return_args: str, workflow_id: str, into: str) -> Fragment: ...
+
+    def decode_reply_source(self, frame: str, into: str) -> Fragment: ...
+
 
 class OneWayCodec(Protocol):
     """Frames of one publish/subscribe or push/pull connection."""
@@ -142,6 +155,11 @@ class OneWayCodec(Protocol):
     def workflow_id_of(self, frame: Buffer, /) -> str:
         """Best-effort workflow id of a frame that failed to decode (``""`` if none)."""
         ...
+
+    # encode and decode as lines of a generated function (as RequestReplyCodec's).
+    def encode_source(self, args: str, workflow_id: str, seq: str, into: str) -> Fragment: ...
+
+    def decode_source(self, frame: str, into: str) -> Fragment: ...
 
 
 class Codec(Protocol):

@@ -64,6 +64,7 @@ import zmq
 
 from .arrays import ARRAY_DATA, ARRAY_HEADER, array_parts, read_part, rebuild
 from .errors import DecodeError
+from .generated import Fragment, unique_prefix
 from .logs import ERROR_TEXT_MAX, clip
 from .validation import (
     AnyNode,
@@ -625,6 +626,19 @@ def _workflow_id_in(loose: msgspec.msgpack.Decoder[Any], frame: Buffer) -> str:
     return wid if isinstance(wid, str) and len(wid) <= WORKFLOW_ID_MAX_CHARS else ""
 
 
+def _too_large_error(what: str, max_bytes: int) -> Callable[[int], DecodeError]:
+    """The error for a frame of ``size`` bytes over the cap, which is not decoded."""
+
+    def too_large(size: int) -> DecodeError:
+        return DecodeError(f"{what} of {size} bytes exceeds the {max_bytes}-byte cap")
+
+    return too_large
+
+
+# The name generated code calls the one encoder by (the same object in every fragment).
+_ENCODE: Final = "_msgpack_encode"
+
+
 class _Decoding:
     """A typed decoder for one envelope shape plus the converter back to plain dicts.
 
@@ -664,9 +678,11 @@ class _Decoding:
         decode, fail = self.decoder.decode, self.fail
         convert = self.convert if converts_args else None
 
+        too_large = _too_large_error(what, max_bytes)
+
         def read(frame: Buffer) -> Any:
             if len(frame) > max_bytes:
-                raise DecodeError(f"{what} of {len(frame)} bytes exceeds the {max_bytes}-byte cap")
+                raise too_large(len(frame))
             try:
                 env = decode(frame)  # type: ignore[arg-type]  # a zmq.Frame is a buffer
             except Exception as exc:
@@ -676,6 +692,30 @@ class _Decoding:
             return env
 
         return read
+
+    def source(
+        self, frame: str, into: str, max_bytes: int, what: str, *, converts_args: bool
+    ) -> Fragment:
+        """:meth:`reader` as lines of a generated function: they set ``into`` to the
+        decoded envelope of the local ``frame``, or raise as ``read`` does."""
+        p = unique_prefix()
+        names: dict[str, Any] = {
+            f"{p}decode": self.decoder.decode,
+            f"{p}fail": self.fail,
+            f"{p}too_large": _too_large_error(what, max_bytes),
+        }
+        lines = [
+            f"if len({frame}) > {max_bytes}:",
+            f"    raise {p}too_large(len({frame}))",
+            "try:",
+            f"    {into} = {p}decode({frame})",
+            f"except Exception as {p}exc:",
+            f"    raise {p}fail({p}exc, {frame}) from None",
+        ]
+        if converts_args and self.convert is not None:
+            names[f"{p}convert"] = self.convert
+            lines.append(f"{into}.args = {p}convert({into}.args)")
+        return Fragment(tuple(lines), names)
 
     def fail(self, exc: Exception, frame: Buffer) -> Exception:
         # Another version may lay the frame out differently: say so rather than
@@ -717,7 +757,7 @@ class MessageCodec:
     :class:`ValidationError` (both carry a message fit for an error reply).
     """
 
-    __slots__ = ("_reply", "decode_reply", "decode_request", "max_bytes")
+    __slots__ = ("_reply", "_request", "decode_reply", "decode_request", "max_bytes")
 
     def __init__(
         self,
@@ -745,7 +785,7 @@ class MessageCodec:
                 ("error", ErrorInfo | None, None),
             ],
         )
-        decoding = _Decoding(request, args.node, "$.args", args, _LOOSE)
+        decoding = self._request = _Decoding(request, args.node, "$.args", args, _LOOSE)
         self.decode_request: Callable[[Buffer], Request] = decoding.reader(
             max_bytes, "message", converts_args=True
         )
@@ -763,6 +803,20 @@ class MessageCodec:
             {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "args": args, "meta": meta}
         )
 
+    def encode_request_source(self, args: str, workflow_id: str, into: str) -> Fragment:
+        """:meth:`encode_request` (no ``meta``) as a line of a generated function."""
+        return Fragment(
+            (
+                f"{into} = {_ENCODE}({{'v': {ENVELOPE_VERSION}, 'workflow_id': {workflow_id}, "
+                f"'args': {args}}})",
+            ),
+            {_ENCODE: _ENCODER.encode},
+        )
+
+    def decode_request_source(self, frame: str, into: str) -> Fragment:
+        """:meth:`decode_request` as lines of a generated function."""
+        return self._request.source(frame, into, self.max_bytes, "message", converts_args=True)
+
     @staticmethod
     def workflow_id_of(frame: Buffer) -> str:
         """Best-effort workflow id of a frame that failed to decode ('' if none)."""
@@ -774,6 +828,43 @@ class MessageCodec:
         return _ENCODER.encode(
             {"v": ENVELOPE_VERSION, "workflow_id": workflow_id, "return_args": return_args}
         )
+
+    def encode_reply_source(self, return_args: str, workflow_id: str, into: str) -> Fragment:
+        """:meth:`encode_reply` as a line of a generated function."""
+        return Fragment(
+            (
+                f"{into} = {_ENCODE}({{'v': {ENVELOPE_VERSION}, 'workflow_id': {workflow_id}, "
+                f"'return_args': {return_args}}})",
+            ),
+            {_ENCODE: _ENCODER.encode},
+        )
+
+    def decode_reply_source(self, frame: str, into: str) -> Fragment:
+        """:meth:`decode_reply` as lines of a generated function."""
+        reply, p = self._reply, unique_prefix()
+        names: dict[str, Any] = {
+            f"{p}decode": reply.decoder.decode,
+            f"{p}fail": reply.fail,
+            f"{p}too_large": _too_large_error("reply", self.max_bytes),
+            f"{p}UNSET": msgspec.UNSET,
+            f"{p}DecodeError": DecodeError,
+        }
+        lines = [
+            f"if len({frame}) > {self.max_bytes}:",
+            f"    raise {p}too_large(len({frame}))",
+            "try:",
+            f"    {into} = {p}decode({frame})",
+            f"except Exception as {p}exc:",
+            f"    raise {p}fail({p}exc, {frame}) from None",
+            f"if {into}.error is not None:",
+            f"    {into}.return_args = None",  # an error reply carries no result
+            f"elif {into}.return_args is {p}UNSET:",
+            f"    raise {p}DecodeError('reply has neither return_args nor error')",
+        ]
+        if reply.convert is not None:
+            names[f"{p}convert"] = reply.convert
+            lines += ["else:", f"    {into}.return_args = {p}convert({into}.return_args)"]
+        return Fragment(tuple(lines), names)
 
     encode_error = staticmethod(encode_error)
 
@@ -790,9 +881,11 @@ class MessageCodec:
             msgspec.UNSET,
         )
 
+        too_large = _too_large_error("reply", max_bytes)
+
         def decode_reply(frame: Buffer) -> Reply:
             if len(frame) > max_bytes:
-                raise DecodeError(f"reply of {len(frame)} bytes exceeds the {max_bytes}-byte cap")
+                raise too_large(len(frame))
             try:
                 env = decode(frame)  # type: ignore[arg-type]  # a zmq.Frame is a buffer
             except Exception as exc:
@@ -820,7 +913,7 @@ class PublishCodec:
     and ``seq`` are ``""`` and ``-1`` for a five-element frame.
     """
 
-    __slots__ = ("_publisher", "_topic", "decode", "max_bytes", "prefix", "prefixes")
+    __slots__ = ("_decoding", "_publisher", "_topic", "decode", "max_bytes", "prefix", "prefixes")
 
     def __init__(
         self,
@@ -853,7 +946,9 @@ class PublishCodec:
             ],
             array_like=True,
         )
-        decoding = _Decoding(frame, args.node, "$[3]", args, _LOOSE_FRAME, self._other_topic)
+        decoding = self._decoding = _Decoding(
+            frame, args.node, "$[3]", args, _LOOSE_FRAME, self._other_topic
+        )
         self.decode: Callable[[Buffer], Published] = decoding.reader(
             max_bytes, "message", converts_args=True
         )
@@ -862,6 +957,21 @@ class PublishCodec:
         return _ENCODER.encode(
             (self._topic, ENVELOPE_VERSION, workflow_id, args, None, self._publisher, seq)
         )
+
+    def encode_source(self, args: str, workflow_id: str, seq: str, into: str) -> Fragment:
+        """:meth:`encode` as a line of a generated function."""
+        p = unique_prefix()
+        return Fragment(
+            (
+                f"{into} = {_ENCODE}(({p}topic, {ENVELOPE_VERSION}, {workflow_id}, {args}, None, "
+                f"{p}publisher, {seq}))",
+            ),
+            {_ENCODE: _ENCODER.encode, f"{p}topic": self._topic, f"{p}publisher": self._publisher},
+        )
+
+    def decode_source(self, frame: str, into: str) -> Fragment:
+        """:meth:`decode` as lines of a generated function."""
+        return self._decoding.source(frame, into, self.max_bytes, "message", converts_args=True)
 
     def _other_topic(self, loose: Any) -> Exception | None:
         if self._topic and type(loose.topic) is str and loose.topic != self._topic:
@@ -899,6 +1009,12 @@ class _ArrayMessageCodec(MessageCodec):
     def encode_reply(return_args: Any, workflow_id: str) -> Any:
         return _zero_copy(MessageCodec.encode_reply(return_args, workflow_id))
 
+    def encode_request_source(self, args: str, workflow_id: str, into: str) -> Fragment:
+        return Fragment.call(into, self.encode_request, args, workflow_id)
+
+    def encode_reply_source(self, return_args: str, workflow_id: str, into: str) -> Fragment:
+        return Fragment.call(into, self.encode_reply, return_args, workflow_id)
+
 
 class _ArrayPublishCodec(PublishCodec):
     """A :class:`PublishCodec` for models with arrays: large frames leave as zmq.Frame."""
@@ -907,6 +1023,9 @@ class _ArrayPublishCodec(PublishCodec):
 
     def encode(self, args: Any, workflow_id: str, seq: int = 0) -> Any:
         return _zero_copy(PublishCodec.encode(self, args, workflow_id, seq))
+
+    def encode_source(self, args: str, workflow_id: str, seq: str, into: str) -> Fragment:
+        return Fragment.call(into, self.encode, args, workflow_id, seq)
 
 
 # --------------------------------------------------------------------------- tools

@@ -29,8 +29,6 @@ is bound once, at start-up: a message runs one generated function before its han
 
 from __future__ import annotations
 
-import itertools
-import linecache
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from .errors import DecodeError, ValidationError
+from .generated import Fragment, build, indent, merge
 from .logs import ERROR_TEXT_MAX, RateLimit, clip
 from .observe import ConnectionStats, Observer, split_stats
 from .validation import Validator
@@ -96,8 +95,10 @@ class Entry:
     cells to fetch, and after a blocking receive they are fetched cache-cold).
 
     The function takes the ``frame``. ``decode(frame)`` returns the message (with
-    ``args`` and ``workflow_id``) or raises ``DecodeError``/``ValidationError``; a frame
-    that does not decode is rejected under ``workflow_id_of(frame)``. ``guard``: lines
+    ``args`` and ``workflow_id``) or raises ``DecodeError``/``ValidationError`` - or
+    ``decode`` is the codec's lines doing that, setting ``message`` (a
+    ``generated.Fragment``: no call at all); a frame that does not decode is rejected
+    under ``workflow_id_of(frame)``. ``guard``: lines
     run before the decode, which may return early (a multi-frame message refused);
     ``after``: lines run on the decoded ``message`` before its delivery (a subscriber's
     sequence check). Both may use ``names``, ``reject`` (the delivery's) and ``send``.
@@ -106,7 +107,7 @@ class Entry:
     checked ``result`` and ``workflow_id``, in place of the ``answer`` callable (which
     may then be None); they may raise, as it may."""
 
-    decode: Callable[[Any], Any]
+    decode: Callable[[Any], Any] | Fragment
     workflow_id_of: Callable[[Any], str]
     guard: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
@@ -191,7 +192,7 @@ def compile_delivery(
             ["started = 0 if stats.received & MASK else now()"],
             ("now() - started if started else None"),
         )
-        after = ["if started:", *_indent(["elapsed = now() - started", *counting["timing"]])]
+        after = ["if started:", *indent(["elapsed = now() - started", *counting["timing"]])]
         if others is not None:
             after += ["else:", "    elapsed = None"]
     else:
@@ -220,18 +221,19 @@ def compile_delivery(
         body.append(f"log.debug('%s: handling \\'%s\\' [%s]', *where, {workflow})")
     body += [*start, "try:", "    result = handler(args, to_send, config)"]
     if returns is not None:
-        names["check_return"], names["return_error"] = returns.check, returns.error
+        names["return_error"] = returns.error
         none_rule = "pass" if returns.check({}) else "raise return_error(None)"
+        check_return = returns.source("result", "raise return_error(result)")
+        merge(names, check_return.names)
         body += [
             "    if result is None:",
             f"        {none_rule}",  # None is a reply only where nothing is required
-            "    elif not check_return(result):",
-            "        raise return_error(result)",
+            *(["    else:", *indent(check_return.lines, 8)] if check_return.lines else []),
         ]
     else:
         body.append("    result = None")  # one-way: what the handler returns is ignored
     if entry is not None and entry.answer:
-        body += _indent(list(entry.answer))
+        body += indent(list(entry.answer))
     else:
         body.append(
             "    reply = result" if answer is None else "    reply = answer(result, workflow_id)"
@@ -243,51 +245,35 @@ def compile_delivery(
     body += [*after, *counting["handled"], f"return {out}(reply)"]
     lines = ["def deliver(args, workflow_id):"]
     if entry is not None:
-        own = {"reject": reject, "send": entry.send}
-        own.update(decode=entry.decode, workflow_id_of=entry.workflow_id_of)
+        decoding = (
+            entry.decode
+            if isinstance(entry.decode, Fragment)
+            else Fragment.call("message", entry.decode, "frame")
+        )
+        own = {"reject": reject, "send": entry.send, "workflow_id_of": entry.workflow_id_of}
         taken = sorted(set(entry.names) & {*names, *own})
         if taken:
             raise ValueError(f"an entry's names must not replace the pipeline's: {taken}")
-        names.update(entry.names)
-        names.update(own)
+        merge(names, entry.names, own, decoding.names)
         decode = [
             "try:",
-            "    message = decode(frame)",
+            *indent(decoding.lines),
             "except CHECK_FAILED as error:",
             f"    return {out}(reject(error, workflow_id_of(frame)))",
         ]
         lines = [
             "def deliver(frame):",
-            *_indent([*entry.guard, *decode, *entry.after]),
+            *indent([*entry.guard, *decode, *entry.after]),
             "    args, workflow_id = message.args, message.workflow_id",
         ]
-    lines += _indent(enter)
+    lines += indent(enter)
     if scope is not None:
-        lines += ["    try:", *_indent(body, 8), "    finally:", *_indent(leave, 8)]
+        lines += ["    try:", *indent(body, 8), "    finally:", *indent(leave, 8)]
     else:
-        lines += _indent(body)
-    deliver = _build(lines, names, f"deliver {receiver.service}.{receiver.connection}")
+        lines += indent(body)
+    what = f"deliver {receiver.service}.{receiver.connection}"
+    deliver: Callable[..., R] = build(lines, names, what, "deliver")
     return Delivery(deliver, reject)
-
-
-_BUILT = itertools.count(1)
-
-
-def _indent(lines: list[str], by: int = 4) -> list[str]:
-    return [" " * by + line for line in lines]
-
-
-def _build(lines: list[str], names: dict[str, Any], what: str) -> Callable[..., Any]:
-    """Compile the generated function; its source goes to linecache, so a traceback
-    through it shows the lines."""
-    source = "\n".join(lines) + "\n"
-    # Numbered: two runs of a service in one process (tests, inline) must not share
-    # an entry, as their sources may differ.
-    filename = f"<service_framework {what} #{next(_BUILT)}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    exec(compile(source, filename, "exec"), names)
-    function: Callable[..., Any] = names["deliver"]
-    return function
 
 
 def rejected_limit() -> RateLimit:

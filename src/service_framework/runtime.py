@@ -31,6 +31,7 @@ from typing import Any
 
 import zmq
 
+from . import workflow
 from .config import validate_addresses_shape
 from .connections import build_connections
 from .connections.base import (
@@ -49,7 +50,7 @@ from .names import NameWatch
 from .observe import ConnectionStats, Observer
 from .probe import Heartbeat
 from .security import Curve
-from .workflow import IDLE, FlowScope, current_flow, flow_of, new_workflow_id
+from .workflow import IDLE, FlowScope, current_flow, flow_of
 
 __all__ = ["RunOptions", "ServiceRuntime", "make_to_send"]
 
@@ -108,7 +109,7 @@ def make_to_send(
         # The workflow id (see workflow.outgoing_flow), inline: this runs per message.
         flow = get_flow()
         if flow is None or flow._id is IDLE:
-            return send(args, new_workflow_id())
+            return send(args, workflow.next_id())  # new_workflow_id(), without its call
         return send(args, flow.next_call_id())
 
     to_send.__qualname__ = f"to_send of {service}"

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Union
 
 from .arrays import keep_large_blocks, unsendable_dtype
 from .errors import ValidationError
+from .generated import Fragment, unique_prefix
 
 __all__ = [
     "MISSING",
@@ -948,6 +949,37 @@ class Validator:
         return ValidationError(
             detail, service=self.service, connection=self.connection, direction=self.direction
         )
+
+    def source(self, value: str, invalid: str) -> Fragment:
+        """The check as lines of a generated function (see ``generated.py``): they run
+        the line ``invalid`` when the local ``value`` fails it, as ``check`` would
+        return False. The exact-type expression is written out; what it cannot vouch
+        for goes to the full check, which alone decides."""
+        if self.unchecked:
+            return Fragment((), {})
+        cg = CodeGen()
+        full = cg.check_function(self.node)
+        prefix = unique_prefix()
+        if not isinstance(self.node, FieldsNode):
+            cg.build(full)
+            call = (f"if not {prefix}full({value}):", f"    {invalid}")
+            return Fragment(call, {f"{prefix}full": cg.ns[full]})
+        fast = self.node.fast(cg, value)
+        cg.build(full)
+        ok = f"{prefix}ok"
+        lines = (
+            "try:",
+            f"    {ok} = {fast}",
+            "except Exception:",  # a missing key, say: the full check explains it
+            f"    {ok} = False",
+            f"if not {ok} and not {prefix}full({value}):",
+            f"    {invalid}",
+        )
+        # The consts and check functions the expression names are unique to this
+        # CodeGen (numbered from one counter shared by all); MISSING is one object.
+        names = {key: obj for key, obj in cg.ns.items() if key != "__builtins__"}
+        names[f"{prefix}full"] = cg.ns[full]
+        return Fragment(lines, names)
 
     def error_from_detail(self, detail: str) -> ValidationError:
         return ValidationError(

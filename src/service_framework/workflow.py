@@ -22,6 +22,7 @@ import hashlib
 import itertools
 import os
 import secrets
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Final
 
@@ -102,16 +103,23 @@ def flow_of(workflow_id: str) -> Flow:
 
 current_flow: ContextVar[Flow | None] = ContextVar("service_framework_flow", default=None)
 
-# A random per-process prefix and a counter: unique across processes and hosts, and
-# about ten times cheaper than uuid4() on the per-message path.
-_stem = secrets.token_hex(6) + "-"
-_counter = itertools.count(1)
+
+def _fresh_ids() -> Callable[[], str]:
+    """New ids: a random per-process prefix and a counter, unique across processes and
+    hosts; made in C (``map`` over a count), so the per-message path that reads
+    :data:`next_id` off this module calls no Python function for one."""
+    stem = secrets.token_hex(6) + "-"
+    return map(stem.__add__, map(str, itertools.count(1))).__next__
+
+
+#: The next new workflow's id (:func:`new_workflow_id`). Replaced in a forked child:
+#: read it off the module when it is called, never bind it.
+next_id = _fresh_ids()
 
 
 def _reseed() -> None:
-    global _stem, _counter
-    _stem = secrets.token_hex(6) + "-"
-    _counter = itertools.count(1)
+    global next_id
+    next_id = _fresh_ids()
 
 
 if hasattr(os, "register_at_fork"):
@@ -120,7 +128,7 @@ if hasattr(os, "register_at_fork"):
 
 def new_workflow_id() -> str:
     """A fresh id for a message that starts a workflow."""
-    return _stem + str(next(_counter))  # a fifth cheaper than the f-string
+    return next_id()
 
 
 def outgoing_flow() -> Flow:

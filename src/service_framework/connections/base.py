@@ -36,6 +36,7 @@ import zmq
 
 from ..codec import DEFAULT_CODEC, Codec
 from ..errors import ValidationError
+from ..generated import Fragment, indent, merge, unique_prefix
 from ..logs import RateLimit
 from ..names import host_name_of
 from ..observe import ONE_WAY_TIME_EVERY, ConnectionStats, Observer, Observers
@@ -491,28 +492,35 @@ class OutboundConnection(Connection):
         cheaper callable that behaves the same."""
         return self.send
 
-    def framer(self, encode: Callable[[Any, str], Any], what: str) -> Callable[[Any, str], Any]:
-        """``frame(args, workflow_id)``: the args checked against this connection's model,
-        encoded with ``encode``, and refused before sending when the frame is over
-        ``max_message_bytes`` (the peer's socket would drop the connection without a
-        word, and the caller wait out its timeout). ``what`` names the frame in that
-        error (``"request"``, ``"message"``)."""
-        check, args_error = self.model.args.check, self.model.args.error
-        unencodable, too_large = self.unencodable, self.too_large
-        max_bytes = self.socket_options.max_message_bytes
-
-        def frame(args: Any, workflow_id: str) -> Any:
-            if not check(args):
-                raise args_error(args)
-            try:
-                encoded = encode(args, workflow_id)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise unencodable(exc) from None
-            if len(encoded) > max_bytes:
-                raise too_large(len(encoded), what)
-            return encoded
-
-        return frame
+    def frame_source(self, encode: Fragment, what: str) -> Fragment:
+        """Lines of a generated send function (see ``generated.py``) that set ``frame``
+        from the locals ``args`` and ``workflow_id``: the args checked against this
+        connection's model, encoded (``encode``: the codec's lines), and refused before
+        sending when the frame is over ``max_message_bytes`` (the peer's socket would
+        drop the connection without a word, and the caller wait out its timeout).
+        ``what`` names the frame in that error (``"request"``, ``"message"``)."""
+        p = unique_prefix()
+        check = self.model.args.source("args", f"raise {p}args_error(args)")
+        lines = (
+            *check.lines,
+            "try:",
+            *indent(encode.lines),
+            f"except {p}UNENCODABLE as {p}error:",
+            f"    raise {p}unencodable({p}error) from None",
+            f"if len(frame) > {self.socket_options.max_message_bytes}:",
+            f"    raise {p}too_large(len(frame), {what!r})",
+        )
+        names = merge(
+            {
+                f"{p}args_error": self.model.args.error,
+                f"{p}unencodable": self.unencodable,
+                f"{p}too_large": self.too_large,
+                f"{p}UNENCODABLE": (TypeError, ValueError, OverflowError),
+            },
+            check.names,
+            encode.names,
+        )
+        return Fragment(lines, names)
 
     def unencodable(self, error: Exception) -> ValidationError:
         """The error for args that validated but have no msgpack form (e.g. an object

@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ..observe import split_stats
+from ..generated import build, indent, merge
+from ..observe import ConnectionStats, split_stats
 from ..transport import sender_of
 from .base import ConnectionEnv, InlineTarget, OutboundConnection, Receiving, Route
 from .subscriber import Subscriber
@@ -213,40 +214,45 @@ class Publisher(OutboundConnection):
         return self._publish
 
     def _publisher(self) -> Callable[[Any, str], None]:
-        # A closure over what it needs rather than a method: this runs per message.
-        check, args_error, encode = self.model.args.check, self.model.args.error, self.codec.encode
-        acquire, release = self.lock.acquire, self.lock.release
-        unencodable, too_large = self.unencodable, self.too_large
+        """The per-message function, generated once (see ``generated.py``): check,
+        number, encode and send, and count, calling no other Python function."""
         stats, others = split_stats(self.observer)
         assert stats is not None  # a connection's own stats are always its first observer
-        max_bytes = self.socket_options.max_message_bytes
-        debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
-        seq = 0  # this publisher's next sequence number
-
-        def publish(args: Any, workflow_id: str) -> None:
-            nonlocal seq
-            if not check(args):
-                raise args_error(args)
+        framing = self.frame_source(
+            self.codec.encode_source("args", "workflow_id", "seq", "frame"), "message"
+        )
+        names = merge(
+            {
+                "acquire": self.lock.acquire,
+                "release": self.lock.release,
+                "conn": self,
+                "stats": stats,
+                "others": others,
+                "log": self.env.log,
+                "where": (self.env.service, self.name),
+                "seq": 0,  # this publisher's next sequence number
+            },
+            framing.names,
+        )
+        debug = ["log.debug('%s: publishing on \\'%s\\' [%s]', *where, workflow_id)"]
+        lines = [
+            "def publish(args, workflow_id):",
+            "    global seq",
             # acquire/release rather than `with`: half the cost. The number is given and
             # the frame sent under the lock, so frames leave in the order of their numbers.
-            acquire()
-            try:
-                try:
-                    frame = encode(args, workflow_id, seq)
-                except (TypeError, ValueError, OverflowError) as exc:
-                    raise unencodable(exc) from None
-                if len(frame) > max_bytes:
-                    raise too_large(len(frame), "message")
-                if debug:
-                    log.debug("%s: publishing on '%s' [%s]", service, name, workflow_id)
-                self._send(frame)  # XPUB never blocks: beyond sndhwm, messages are dropped
-                seq += 1
-            finally:
-                release()
-            stats.handled += 1  # in place: this runs per message (see split_stats)
-            if others is not None:
-                others.on_handled(None)
-
+            "    acquire()",
+            "    try:",
+            *indent(framing.lines, 8),
+            *(indent(debug, 8) if self.env.debug else []),
+            "        conn._send(frame)",  # XPUB never blocks: beyond sndhwm, drops
+            "        seq += 1",
+            "    finally:",
+            "        release()",
+            *indent(ConnectionStats.source("stats")["handled"]),
+            *(["    others.on_handled(None)"] if others is not None else []),
+        ]
+        what = f"publish {self.env.service}.{self.name}"
+        publish: Callable[[Any, str], None] = build(lines, names, what, "publish")
         return publish
 
     peer = Subscriber

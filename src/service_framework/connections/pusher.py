@@ -21,7 +21,8 @@ from typing import Any
 import zmq
 
 from ..errors import RequestTimeout
-from ..observe import split_stats
+from ..generated import build, indent, merge
+from ..observe import ConnectionStats, split_stats
 from ..transport import sender_of
 from .base import (
     ConnectionEnv,
@@ -104,31 +105,46 @@ class Pusher(OutboundConnection):
         )
 
     def _pusher(self) -> Callable[[Any, str], None]:
-        # A closure over what it needs rather than a method: this runs per message.
-        frame_of = self.framer(self.codec.encode, "message")
-        lock, timeout_s = self.lock, self.timeout_s
+        """The per-message function, generated once (see ``generated.py``): check,
+        encode, send within the timeout, and count, calling no other Python function."""
         stats, others = split_stats(self.observer)
         assert stats is not None  # a connection's own stats are always its first observer
-        debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
-        timed_out = self.timed_out
-
-        def push(args: Any, workflow_id: str) -> None:
-            frame = frame_of(args, workflow_id)  # checked, encoded, within the size limit
-            if debug:
-                log.debug("%s: pushing on '%s' [%s]", service, name, workflow_id)
+        framing = self.frame_source(
+            self.codec.encode_source("args", "workflow_id", "0", "frame"), "message"
+        )
+        names = merge(
+            {
+                "acquire": self.lock.acquire,
+                "release": self.lock.release,
+                "conn": self,
+                "timed_out": self.timed_out,
+                "Again": zmq.Again,
+                "stats": stats,
+                "others": others,
+                "log": self.env.log,
+                "where": (self.env.service, self.name),
+            },
+            framing.names,
+        )
+        debug = ["log.debug('%s: pushing on \\'%s\\' [%s]', *where, workflow_id)"]
+        lines = [
+            "def push(args, workflow_id):",
+            *indent(framing.lines),  # checked, encoded, within the size limit
+            *(indent(debug) if self.env.debug else []),
             # Waiting for another thread's send counts against the timeout too.
-            if not lock.acquire(False) and not lock.acquire(timeout=timeout_s):
-                raise timed_out(workflow_id, busy=True)
-            try:
-                self._send(frame)  # SNDTIMEO: zmq.Again when no puller took it in time
-            except zmq.Again:
-                raise timed_out(workflow_id, busy=False) from None
-            finally:
-                lock.release()
-            stats.handled += 1  # in place: this runs per message (see split_stats)
-            if others is not None:
-                others.on_handled(None)
-
+            f"    if not acquire(False) and not acquire(timeout={self.timeout_s!r}):",
+            "        raise timed_out(workflow_id, busy=True)",
+            "    try:",
+            "        conn._send(frame)",  # SNDTIMEO: zmq.Again when no puller took it
+            "    except Again:",
+            "        raise timed_out(workflow_id, busy=False) from None",
+            "    finally:",
+            "        release()",
+            *indent(ConnectionStats.source("stats")["handled"]),
+            *(["    others.on_handled(None)"] if others is not None else []),
+        ]
+        what = f"push {self.env.service}.{self.name}"
+        push: Callable[[Any, str], None] = build(lines, names, what, "push")
         return push
 
     peer = Puller

@@ -82,20 +82,22 @@ class Replyer(InboundConnection):
         # EFSM; then decode, deliver, encode the reply (over sockets every message
         # carries its id: None is for inline calls only) and send it, or the error reply.
         max_bytes = self.socket_options.max_message_bytes
+        encode = self.codec.encode_reply_source(
+            "({} if result is None else result)", "workflow_id", "reply"
+        )
         entry = Entry(
-            self.codec.decode_request,
+            self.codec.decode_request_source("frame", "message"),
             workflow_id_of,
             guard=("if frame.more:", "    return send(refuse_multipart(frame))"),
             names={
                 "refuse_multipart": refuse_multipart,
-                "encode_reply": self.codec.encode_reply,
-                "max_bytes": max_bytes,
                 "too_large": self._reply_too_large,
+                **encode.names,
             },
             send=sender_of(sock),
             answer=(
-                "reply = encode_reply({} if result is None else result, workflow_id)",
-                "if len(reply) > max_bytes:",
+                *encode.lines,
+                f"if len(reply) > {max_bytes}:",
                 "    raise too_large(len(reply))",
             ),
         )

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 import zmq
 
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
-from ..observe import split_stats
+from ..generated import build, indent, merge
+from ..observe import ConnectionStats, split_stats
 from ..transport import send_bytes
 from ..workflow import NEXT_CALL, next_workflow_id
 from .base import (
@@ -159,85 +160,88 @@ class Requester(OutboundConnection):
         return self._request
 
     def _requester(self) -> Callable[[Any, str], Any]:
-        """The per-request closure, built once: check, encode, send, receive, decode,
-        count, with everything it needs bound.
+        """The per-request function, generated once (see ``generated.py``): check,
+        encode, send, receive, decode, count, with everything it needs bound.
 
         Its straight line is the usual case - the lock free, a connection up, the reply
-        within the first slice of the timeout - and runs no other function of this
-        module; anything else (a busy lock, no connection yet, a late reply, a timeout
-        and its retries, a refused handshake, a closed or stuck socket) goes to
+        within the first slice of the timeout - and calls no other Python function;
+        anything else (a busy lock, no connection yet, a late reply, a timeout and its
+        retries, a refused handshake, a closed or stuck socket) goes to
         :meth:`_exchange`, which carries on from where the straight line stopped.
         """
-        # The framer's lines (see OutboundConnection.framer) and the stats' counting
-        # (see ConnectionStats.source) are written out here rather than called: each
-        # call is a function object, code and cells to fetch, and after every blocking
-        # receive they are fetched cache-cold.
-        check, args_error = self.model.args.check, self.model.args.error
-        encode, unencodable, too_large = self.codec.encode_request, self.unencodable, self.too_large
-        max_bytes = self.socket_options.max_message_bytes
-        decode = self.codec.decode_reply
-        acquire, release = self.lock.acquire, self.lock.release
-        wait_for_lock, exchange, remote_error = self._wait_for_lock, self._exchange, self._remote
         stats, others = split_stats(self.observer)
         assert stats is not None  # a connection's own stats are always its first observer
-        failed = self.observer.on_failed
-        conn = self
-        now = time.perf_counter_ns
-        debug, log, service, name = self.env.debug, self.env.log, self.env.service, self.name
-        send, noblock, again, zmq_error = send_bytes, zmq.NOBLOCK, zmq.Again, zmq.ZMQError
-        rejected = (DecodeError, ValidationError)
-
-        def request(args: Any, workflow_id: str) -> Any:
-            if not check(args):
-                raise args_error(args)
-            try:
-                frame = encode(args, workflow_id)
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise unencodable(exc) from None
-            if len(frame) > max_bytes:
-                raise too_large(len(frame), "request")
-            if debug:
-                log.debug("%s: sending on '%s' [%s]", service, name, workflow_id)
-            started = now()
-            if not acquire(False):
-                wait_for_lock(workflow_id)  # returns holding it, or raises
-            try:
-                sock = conn.socket
-                if sock is None:
-                    reply = exchange(frame, workflow_id)
-                else:
-                    try:
-                        send(sock, frame, noblock)
-                    except zmq_error:  # no connection up yet, or a stuck socket
-                        reply = exchange(frame, workflow_id)
-                    else:
-                        stats.received += 1
-                        if others is not None:
-                            others.on_received()
-                        try:
-                            reply = sock.recv()  # RCVTIMEO: the first slice
-                        except again:
-                            reply = exchange(frame, workflow_id, sock)
-            finally:
-                release()
-            try:
-                decoded = decode(reply)
-            except rejected:
-                failed(now() - started)
-                raise
-            if decoded.error is not None:
-                failed(now() - started)
-                raise remote_error(decoded.error, workflow_id)
-            elapsed = now() - started
-            stats.handled += 1
-            stats.timed += 1
-            stats.handling_ns += elapsed
-            if elapsed > stats.handling_max_ns:
-                stats.handling_max_ns = elapsed
-            if others is not None:
-                others.on_handled(elapsed)
-            return decoded.return_args
-
+        framing = self.frame_source(
+            self.codec.encode_request_source("args", "workflow_id", "frame"), "request"
+        )
+        decode = self.codec.decode_reply_source("reply", "decoded")
+        counting = ConnectionStats.source("stats")
+        names = merge(
+            {
+                "acquire": self.lock.acquire,
+                "release": self.lock.release,
+                "wait_for_lock": self._wait_for_lock,
+                "exchange": self._exchange,
+                "remote_error": self._remote,
+                "stats": stats,
+                "others": others,
+                "failed": self.observer.on_failed,
+                "conn": self,
+                "now": time.perf_counter_ns,
+                "log": self.env.log,
+                "where": (self.env.service, self.name),
+                "send": send_bytes,
+                "NOBLOCK": zmq.NOBLOCK,
+                "Again": zmq.Again,
+                "ZMQError": zmq.ZMQError,
+                "REJECTED": (DecodeError, ValidationError),
+            },
+            framing.names,
+            decode.names,
+        )
+        received = [*counting["received"], *(["others.on_received()"] if others else [])]
+        handled = [*counting["handled"], *counting["timing"]]
+        if others is not None:
+            handled.append("others.on_handled(elapsed)")
+        debug = ["log.debug('%s: sending on \\'%s\\' [%s]', *where, workflow_id)"]
+        lines = [
+            "def request(args, workflow_id):",
+            *indent(framing.lines),
+            *(indent(debug) if self.env.debug else []),
+            "    started = now()",
+            "    if not acquire(False):",
+            "        wait_for_lock(workflow_id)",  # returns holding it, or raises
+            "    try:",
+            "        sock = conn.socket",
+            "        if sock is None:",
+            "            reply = exchange(frame, workflow_id)",
+            "        else:",
+            "            try:",
+            "                send(sock, frame, NOBLOCK)",
+            "            except ZMQError:",  # no connection up yet, or a stuck socket
+            "                reply = exchange(frame, workflow_id)",
+            "            else:",
+            *indent(received, 16),
+            "                try:",
+            "                    reply = sock.recv()",  # RCVTIMEO: the first slice
+            "                except Again:",
+            "                    reply = exchange(frame, workflow_id, sock)",
+            "    finally:",
+            "        release()",
+            "    try:",
+            *indent(decode.lines, 8),
+            "    except REJECTED:",
+            "        failed(now() - started)",
+            "        raise",
+            "    if decoded.error is not None:",
+            "        failed(now() - started)",
+            "        raise remote_error(decoded.error, workflow_id)",
+            "    elapsed = now() - started",
+            *indent(handled),
+            "    return decoded.return_args",
+        ]
+        what = f"request {self.env.service}.{self.name}"
+        request: Callable[[Any, str], Any] = build(lines, names, what, "request")
         return request
 
     def _wait_for_lock(self, workflow_id: str) -> None:
