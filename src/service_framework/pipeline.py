@@ -219,7 +219,10 @@ def compile_delivery(
     if receiver.debug:
         names["where"] = (receiver.service, receiver.connection)
         body.append(f"log.debug('%s: handling \\'%s\\' [%s]', *where, {workflow})")
-    body += [*start, "try:", "    result = handler(args, to_send, config)"]
+    # One-way with nothing to answer: what the handler returns is ignored, unnamed.
+    ignored = returns is None and answer is None and not (entry is not None and entry.answer)
+    call = "handler(args, to_send, config)"
+    body += [*start, "try:", f"    {call}" if ignored else f"    result = {call}"]
     if returns is not None:
         names["return_error"] = returns.error
         none_rule = "pass" if returns.check({}) else "raise return_error(None)"
@@ -230,11 +233,11 @@ def compile_delivery(
             f"        {none_rule}",  # None is a reply only where nothing is required
             *(["    else:", *indent(check_return.lines, 8)] if check_return.lines else []),
         ]
-    else:
+    elif not ignored:
         body.append("    result = None")  # one-way: what the handler returns is ignored
     if entry is not None and entry.answer:
         body += indent(list(entry.answer))
-    else:
+    elif not ignored:
         body.append(
             "    reply = result" if answer is None else "    reply = answer(result, workflow_id)"
         )
@@ -242,7 +245,7 @@ def compile_delivery(
         "except Exception as error:",
         f"    return {out}(fail(error, {workflow}, {took}))",
     ]
-    body += [*after, *counting["handled"], f"return {out}(reply)"]
+    body += [*after, *counting["handled"], f"return {out}({'None' if ignored else 'reply'})"]
     lines = ["def deliver(args, workflow_id):"]
     if entry is not None:
         decoding = (

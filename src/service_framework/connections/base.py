@@ -24,7 +24,6 @@ target, a broker) is a new module registered in ``connections/__init__.py``.
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -296,14 +295,16 @@ def socket_reader(
     ``bytes``, for a type that must know whether more frames follow: ``frame.more`` is
     read off the message, where asking the socket (``RCVMORE``) costs about a
     microsecond more. A frame is a buffer: the codecs decode it as they decode bytes."""
-    recv = sock.recv if not frames else functools.partial(sock.recv, copy=False)
+    # recv(flags, copy), positionally: a partial with copy=False as a keyword builds a
+    # dict of keywords per call.
+    recv, copy = sock.recv, not frames
     noblock = zmq.NOBLOCK
 
     def drain(max_items: int) -> int:
         taken = 0
         while taken < max_items:
             try:
-                frame = recv(noblock)
+                frame = recv(noblock, copy)
             except zmq.Again:
                 break
             taken += 1
@@ -317,7 +318,7 @@ def socket_reader(
         sock.setsockopt(zmq.RCVTIMEO, BLOCKING_RECV_MS)
         while not run.stopping:
             try:
-                frame = recv()
+                frame = recv(0, copy)
             except zmq.Again:
                 idle()
                 continue
