@@ -194,3 +194,74 @@ def test_array_models_get_codecs_that_send_large_frames_without_a_copy() -> None
     assert (decoded.args["a"] == big["a"]).all()
     plain = DEFAULT_CODEC.request_reply(ask.returns, ask.returns)  # no arrays: plain bytes
     assert type(plain.encode_request({"ok": True}, "w")) is bytes
+
+
+def _compiled(fragment: Any, params: str, result: str) -> Any:
+    """A codec fragment compiled into a function of its own, as a connection's
+    generated function holds it."""
+    from service_framework.generated import build, indent, merge
+
+    lines = [f"def f({params}):", *indent(fragment.lines), f"    return {result}"]
+    return build(lines, merge({}, fragment.names), "test fragment", "f")
+
+
+def _outcome(function: Any, *args: Any) -> Any:
+    try:
+        return ("ok", function(*args))
+    except Exception as error:  # the error, as text: the fragment must raise the same
+        return (type(error).__name__, str(error))
+
+
+def _fields(value: Any) -> Any:
+    return value if value[0] != "ok" else ("ok", msgspec_fields(value[1]))
+
+
+def msgspec_fields(envelope: Any) -> dict[str, Any]:
+    return {name: getattr(envelope, name) for name in envelope.__struct_fields__}
+
+
+def test_the_codecs_lines_do_what_their_methods_do() -> None:
+    args = Validator(parse_connection_models("svc", MODELS).inbound["answer"].args.node)
+    returns = parse_connection_models("svc", MODELS).outbound["ask"].returns
+    assert returns is not None
+    codec = MSGPACK.request_reply(args, returns, max_bytes=64)
+    encode_request = _compiled(codec.encode_request_source("a", "w", "out"), "a, w", "out")
+    encode_reply = _compiled(codec.encode_reply_source("a", "w", "out"), "a, w", "out")
+    assert encode_request({"n": 1}, "w1") == codec.encode_request({"n": 1}, "w1")
+    assert encode_reply({"ok": True}, "w1") == codec.encode_reply({"ok": True}, "w1")
+    decode_request = _compiled(codec.decode_request_source("frame", "out"), "frame", "out")
+    decode_reply = _compiled(codec.decode_reply_source("frame", "out"), "frame", "out")
+    requests = [
+        codec.encode_request({"n": 1}, "w1"),
+        codec.encode_request({"n": "one"}, "w1"),  # breaks the model
+        codec.encode_request({"n": 1, "pad": "x" * 80}, "w1"),  # over the cap
+        b"\xc1 not msgpack",
+    ]
+    for frame in requests:
+        assert _fields(_outcome(decode_request, frame)) == _fields(
+            _outcome(codec.decode_request, frame)
+        )
+    replies = [
+        codec.encode_reply({"ok": True}, "w1"),
+        codec.encode_reply({"ok": "yes"}, "w1"),
+        codec.encode_error("KeyError", "boom", "w1"),
+        codec.encode_request({"n": 1}, "w1"),  # neither return_args nor error
+        codec.encode_reply({"ok": True}, "w" * 80),  # over the cap
+        b"\x93\x01\x02\x03",
+    ]
+    for frame in replies:
+        assert _fields(_outcome(decode_reply, frame)) == _fields(
+            _outcome(codec.decode_reply, frame)
+        )
+    one_way = MSGPACK.one_way(args, "news", max_bytes=64, publisher="p1")
+    encode = _compiled(one_way.encode_source("a", "w", "s", "out"), "a, w, s", "out")
+    decode = _compiled(one_way.decode_source("frame", "out"), "frame", "out")
+    assert encode({"n": 1}, "w1", 7) == one_way.encode({"n": 1}, "w1", 7)
+    frames = [
+        one_way.encode({"n": 1}, "w1", 7),
+        one_way.encode({"n": "one"}, "w1", 7),
+        MSGPACK.one_way(args, "sport").encode({"n": 1}, "w1", 7),  # another topic
+        one_way.encode({"n": 1}, "x" * 80, 7),
+    ]
+    for frame in frames:
+        assert _fields(_outcome(decode, frame)) == _fields(_outcome(one_way.decode, frame))

@@ -539,6 +539,35 @@ def test_fast_path_agrees_with_explainer(case: Case) -> None:
         assert validator.check({"x": value}) is (explained is None), (value, explained)
 
 
+def source_check(validator: Validator) -> Callable[[Any], bool]:
+    """The validator's lines (``Validator.source``) compiled into a function of their
+    own, as a connection's generated function holds them: False where they would raise."""
+    fragment = validator.source("value", "return False")
+    body = "".join(f"    {line}\n" for line in fragment.lines)
+    names = dict(fragment.names)
+    exec(f"def checked(value):\n{body}    return True\n", names)
+    check: Callable[[Any], bool] = names["checked"]
+    return check
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_generated_lines_agree_with_the_check(case: Case) -> None:
+    validator = make({"x": case.spec}, {"note": str})
+    checked = source_check(validator)
+    values = [*case.good, *(value for value, _ in case.bad)]
+    for value in values:
+        for message in ({"x": value}, {"x": value, "note": "n"}, {"note": "n"}, {"x": value, 1: 2}):
+            assert checked(message) is validator.check(message), (message,)
+    assert checked([("x", 1)]) is False  # not a dict at all
+
+
+def test_generated_lines_of_a_validator_that_is_not_a_dict_model() -> None:
+    validator = Validator(compile_spec([int]))
+    checked = source_check(validator)
+    assert (checked([1, 2]), checked([1, "a"]), checked({})) == (True, False, False)
+    assert Validator(compile_spec(Any)).source("value", "return False").lines == ()
+
+
 def test_set_of_several_types_checks_each_item() -> None:
     validator = make({"x": {str, int}})
     assert_accepts(validator, {"x": {1, "a"}})
@@ -913,6 +942,19 @@ def test_single_mutation_is_rejected_with_its_path(model: Model, data: st.DataOb
     else:
         assert detail.startswith("expected ")
         assert detail.endswith(f" at {site.path}")
+
+
+@pytest.mark.parametrize("model", MODELS, ids=[m.name for m in MODELS])
+@PROPERTY
+@given(data=st.data())
+def test_generated_lines_agree_with_the_check_on_mutations(
+    model: Model, data: st.DataObject
+) -> None:
+    validator = make(model.required, model.optional)
+    checked = source_check(validator)
+    original, value, _, _ = data.draw(mutated(model))
+    assert checked(original) is True
+    assert checked(value) is validator.check(value) is False
 
 
 @pytest.mark.parametrize("model", MODELS, ids=[m.name for m in MODELS])
