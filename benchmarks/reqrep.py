@@ -62,7 +62,10 @@ def idle_cpu_percent(proc: Proc, seconds: float = 2.0) -> float:
 
 
 # --------------------------------------------------------------------------- bare workers
-def bare_server() -> None:
+def bare_server(framing: str = "plain") -> None:
+    """``framing`` ``envelope``: requests and replies in the framework's envelopes (the
+    same bytes on the wire as the framework's, without its checks), as
+    ``reqrep_clients.py --bare-framing envelope`` sends them."""
     import msgpack
     import zmq
 
@@ -71,6 +74,12 @@ def bare_server() -> None:
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     print(f"bare_server: ready port={port}", flush=True)
     packb, unpackb, recv, send = msgpack.packb, msgpack.unpackb, sock.recv, sock.send
+    if framing == "envelope":
+        while True:
+            request = unpackb(recv())
+            args = request["args"]
+            reply = {"order_id": args["order_id"], "total": args["qty"] * args["price"]}
+            send(packb({"v": 1, "workflow_id": request["workflow_id"], "return_args": reply}))
     while True:
         args = unpackb(recv())
         send(packb({"order_id": args["order_id"], "total": args["qty"] * args["price"]}))
@@ -207,7 +216,7 @@ def run(n: int, rounds: int, warmup: int) -> int:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_bare_server":
-        bare_server()
+        bare_server(*sys.argv[2:3])
         return 0
     if len(sys.argv) > 1 and sys.argv[1] == "_bare_client":
         bare_client(*sys.argv[2:6])
