@@ -639,6 +639,12 @@ def _too_large_error(what: str, max_bytes: int) -> Callable[[int], DecodeError]:
 _ENCODE: Final = "_msgpack_encode"
 
 
+def _envelope_source(into: str, workflow_id: str, key: str, value: str) -> Fragment:
+    """The line that encodes a request or reply envelope (``key``: its payload's key)."""
+    envelope = f"{{'v': {ENVELOPE_VERSION}, 'workflow_id': {workflow_id}, {key!r}: {value}}}"
+    return Fragment((f"{into} = {_ENCODE}({envelope})",), {_ENCODE: _ENCODER.encode})
+
+
 class _Decoding:
     """A typed decoder for one envelope shape plus the converter back to plain dicts.
 
@@ -805,13 +811,7 @@ class MessageCodec:
 
     def encode_request_source(self, args: str, workflow_id: str, into: str) -> Fragment:
         """:meth:`encode_request` (no ``meta``) as a line of a generated function."""
-        return Fragment(
-            (
-                f"{into} = {_ENCODE}({{'v': {ENVELOPE_VERSION}, 'workflow_id': {workflow_id}, "
-                f"'args': {args}}})",
-            ),
-            {_ENCODE: _ENCODER.encode},
-        )
+        return _envelope_source(into, workflow_id, "args", args)
 
     def decode_request_source(self, frame: str, into: str) -> Fragment:
         """:meth:`decode_request` as lines of a generated function."""
@@ -831,13 +831,7 @@ class MessageCodec:
 
     def encode_reply_source(self, return_args: str, workflow_id: str, into: str) -> Fragment:
         """:meth:`encode_reply` as a line of a generated function."""
-        return Fragment(
-            (
-                f"{into} = {_ENCODE}({{'v': {ENVELOPE_VERSION}, 'workflow_id': {workflow_id}, "
-                f"'return_args': {return_args}}})",
-            ),
-            {_ENCODE: _ENCODER.encode},
-        )
+        return _envelope_source(into, workflow_id, "return_args", return_args)
 
     def decode_reply_source(self, frame: str, into: str) -> Fragment:
         """:meth:`decode_reply` as lines of a generated function."""
