@@ -4,6 +4,7 @@ main mode, the loop's pacing, logging."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
@@ -630,3 +631,27 @@ connection_models = {'in': {'echo': {'connection_type': 'replyer',
     assert reply == {"text": "x"}
     service.thread.join(10)
     assert service.exit_code == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_makes_workflow_ids_of_its_own() -> None:
+    from service_framework import workflow
+
+    parent = [workflow.new_workflow_id(), workflow.new_workflow_id()]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent, then out at once
+        try:
+            os.write(write, " ".join([workflow.new_workflow_id(), workflow.next_id()]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as pipe:
+            child = pipe.read().decode().split()
+    finally:
+        os.waitpid(pid, 0)
+    stem = parent[0].rsplit("-", 1)[0]
+    assert parent[1] == f"{stem}-{int(parent[0].rsplit('-', 1)[1]) + 1}"
+    assert len(child) == 2 and not any(c.startswith(stem) for c in child)
+    assert child[1].endswith("-2")  # a fresh counter too

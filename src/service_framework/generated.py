@@ -6,11 +6,11 @@ framework supplies for its own step: the validator its check
 (:meth:`~service_framework.validation.Validator.source`), the codec its encoding and
 decoding (``encode_*_source``/``decode_*_source`` on the codec protocols), the stats
 their counting (``ConnectionStats.source``), the flow scope its entry and exit
-(``FlowScope.source``). Each call a message makes is a function object, its code and
-its cells to fetch, and with many busy processes on few cores they are fetched
-cache-cold after every blocking receive: one function in place of five is most of
-what a message costs the framework there (``benchmarks/coldpath.py``,
-``benchmarks/reqrep_clients.py``).
+(``FlowScope.source``). Each call a message makes is a frame to set up and a function
+object, its code and its cells to fetch - with many busy processes on few cores,
+fetched cache-cold after every blocking receive - so the lines run in one function
+rather than five (``tests/test_message_path.py`` counts them; ``benchmarks/coldpath.py``
+times the path cache-cold).
 
 A :class:`Fragment` is some lines and the names they use. Names that are not the host
 function's own locals are prefixed by whoever writes them, so fragments of different

@@ -199,7 +199,9 @@ class Requester(OutboundConnection):
             framing.names,
             decode.names,
         )
-        received = [*counting["received"], *(["others.on_received()"] if others else [])]
+        received = list(counting["received"])
+        if others is not None:
+            received.append("others.on_received()")
         handled = [*counting["handled"], *counting["timing"]]
         if others is not None:
             handled.append("others.on_handled(elapsed)")
