@@ -197,12 +197,11 @@ def test_array_models_get_codecs_that_send_large_frames_without_a_copy() -> None
 
 
 def _compiled(fragment: Any, params: str, result: str) -> Any:
-    """A codec fragment compiled into a function of its own, as a connection's
-    generated function holds it."""
-    from service_framework.generated import build, indent, merge
+    """A codec fragment compiled into a function of its own: a host other than the one
+    the codec's methods are compiled into, so lines leaning on their host would show."""
+    from service_framework.generated import function_of
 
-    lines = [f"def f({params}):", *indent(fragment.lines), f"    return {result}"]
-    return build(lines, merge({}, fragment.names), "test fragment", "f")
+    return function_of(fragment, params, result, "test fragment")
 
 
 def _outcome(function: Any, *args: Any) -> Any:

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service_framework.errors import ValidationError
+from service_framework.generated import function_of
 from service_framework.msgpack_codec import build_converter, wire_type
 from service_framework.validation import (
     SpecError,
@@ -542,11 +543,9 @@ def test_fast_path_agrees_with_explainer(case: Case) -> None:
 def source_check(validator: Validator) -> Callable[[Any], bool]:
     """The validator's lines (``Validator.source``) compiled into a function of their
     own, as a connection's generated function holds them: False where they would raise."""
-    fragment = validator.source("value", "return False")
-    body = "".join(f"    {line}\n" for line in fragment.lines)
-    names = dict(fragment.names)
-    exec(f"def checked(value):\n{body}    return True\n", names)
-    check: Callable[[Any], bool] = names["checked"]
+    check: Callable[[Any], bool] = function_of(
+        validator.source("value", "return False"), "value", "True", "test check"
+    )
     return check
 
 

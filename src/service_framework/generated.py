@@ -25,7 +25,7 @@ import linecache
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
-__all__ = ["Fragment", "build", "indent", "merge", "unique_prefix"]
+__all__ = ["Fragment", "build", "function_of", "indent", "merge", "unique_prefix"]
 
 
 class Fragment(NamedTuple):
@@ -76,3 +76,11 @@ def build(lines: Iterable[str], names: dict[str, Any], what: str, function: str)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     exec(compile(source, filename, "exec"), names)
     return names[function]
+
+
+def function_of(fragment: Fragment, params: str, result: str, what: str) -> Any:
+    """``fragment`` as a function of its own: ``def f(<params>)``, its lines, then
+    ``return <result>`` - the callable form of lines that also run inside other
+    functions, so both forms are one definition."""
+    lines = [f"def f({params}):", *indent(fragment.lines), f"    return {result}"]
+    return build(lines, merge({}, fragment.names), what, "f")

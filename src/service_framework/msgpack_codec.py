@@ -64,7 +64,7 @@ import zmq
 
 from .arrays import ARRAY_DATA, ARRAY_HEADER, array_parts, read_part, rebuild
 from .errors import DecodeError
-from .generated import Fragment, unique_prefix
+from .generated import Fragment, function_of, unique_prefix
 from .logs import ERROR_TEXT_MAX, clip
 from .validation import (
     AnyNode,
@@ -678,25 +678,11 @@ class _Decoding:
         self.check_loose = check_loose  # any further check on that loose reading
 
     def reader(self, max_bytes: int, what: str, *, converts_args: bool) -> Callable[[Buffer], Any]:
-        """The per-message decode: the size cap, one msgspec pass, errors explained by
-        :meth:`fail`, and (``converts_args``) ``args`` turned into plain values. A
-        closure over what it needs rather than a method: this is the throughput path."""
-        decode, fail = self.decoder.decode, self.fail
-        convert = self.convert if converts_args else None
-
-        too_large = _too_large_error(what, max_bytes)
-
-        def read(frame: Buffer) -> Any:
-            if len(frame) > max_bytes:
-                raise too_large(len(frame))
-            try:
-                env = decode(frame)  # type: ignore[arg-type]  # a zmq.Frame is a buffer
-            except Exception as exc:
-                raise fail(exc, frame) from None
-            if convert is not None:
-                env.args = convert(env.args)
-            return env
-
+        """The per-message decode as a function: the size cap, one msgspec pass, errors
+        explained by :meth:`fail`, and (``converts_args``) ``args`` turned into plain
+        values - :meth:`source`'s lines, compiled on their own."""
+        lines = self.source("frame", "env", max_bytes, what, converts_args=converts_args)
+        read: Callable[[Buffer], Any] = function_of(lines, "frame", "env", f"decode {what}")
         return read
 
     def source(
@@ -796,7 +782,7 @@ class MessageCodec:
             max_bytes, "message", converts_args=True
         )
         self._reply = _Decoding(reply, returns.node, "$.return_args", returns, _LOOSE)
-        self.decode_reply: Callable[[Buffer], Reply] = self._reply_reader(max_bytes)
+        self.decode_reply: Callable[[Buffer], Reply] = self._reply_reader()
 
     # ---- requests
     @staticmethod
@@ -834,22 +820,14 @@ class MessageCodec:
         return _envelope_source(into, workflow_id, "return_args", return_args)
 
     def decode_reply_source(self, frame: str, into: str) -> Fragment:
-        """:meth:`decode_reply` as lines of a generated function."""
+        """:meth:`decode_reply` as lines of a generated function: the envelope's decode,
+        then the result converted to plain values, or the error with ``return_args``
+        ``None``."""
         reply, p = self._reply, unique_prefix()
-        names: dict[str, Any] = {
-            f"{p}decode": reply.decoder.decode,
-            f"{p}fail": reply.fail,
-            f"{p}too_large": _too_large_error("reply", self.max_bytes),
-            f"{p}UNSET": msgspec.UNSET,
-            f"{p}DecodeError": DecodeError,
-        }
+        decode = reply.source(frame, into, self.max_bytes, "reply", converts_args=False)
+        names = {f"{p}UNSET": msgspec.UNSET, f"{p}DecodeError": DecodeError}
         lines = [
-            f"if len({frame}) > {self.max_bytes}:",
-            f"    raise {p}too_large(len({frame}))",
-            "try:",
-            f"    {into} = {p}decode({frame})",
-            f"except Exception as {p}exc:",
-            f"    raise {p}fail({p}exc, {frame}) from None",
+            *decode.lines,
             f"if {into}.error is not None:",
             f"    {into}.return_args = None",  # an error reply carries no result
             f"elif {into}.return_args is {p}UNSET:",
@@ -858,41 +836,15 @@ class MessageCodec:
         if reply.convert is not None:
             names[f"{p}convert"] = reply.convert
             lines += ["else:", f"    {into}.return_args = {p}convert({into}.return_args)"]
-        return Fragment(tuple(lines), names)
+        return Fragment(tuple(lines), {**decode.names, **names})
 
     encode_error = staticmethod(encode_error)
 
-    def _reply_reader(self, max_bytes: int) -> Callable[[Buffer], Reply]:
-        """``decode_reply(frame)``: the size cap, one msgspec pass (errors explained by
-        ``_Decoding.fail``), then the reply's result converted to plain values, or its
-        error with ``return_args`` ``None``. One closure, as ``_Decoding.reader`` is: a
-        requester runs it for every reply."""
-        reply = self._reply
-        decode, fail, convert, unset = (
-            reply.decoder.decode,
-            reply.fail,
-            reply.convert,
-            msgspec.UNSET,
-        )
-
-        too_large = _too_large_error("reply", max_bytes)
-
-        def decode_reply(frame: Buffer) -> Reply:
-            if len(frame) > max_bytes:
-                raise too_large(len(frame))
-            try:
-                env = decode(frame)  # type: ignore[arg-type]  # a zmq.Frame is a buffer
-            except Exception as exc:
-                raise fail(exc, frame) from None
-            if env.error is not None:
-                env.return_args = None  # an error reply carries no result
-                return env  # type: ignore[no-any-return]
-            if env.return_args is unset:
-                raise DecodeError("reply has neither return_args nor error")
-            if convert is not None:
-                env.return_args = convert(env.return_args)
-            return env  # type: ignore[no-any-return]
-
+    def _reply_reader(self) -> Callable[[Buffer], Reply]:
+        """``decode_reply(frame)``: :meth:`decode_reply_source`'s lines, compiled on
+        their own."""
+        lines = self.decode_reply_source("frame", "env")
+        decode_reply: Callable[[Buffer], Reply] = function_of(lines, "frame", "env", "decode reply")
         return decode_reply
 
 
