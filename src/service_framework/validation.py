@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Union
 
 from .arrays import keep_large_blocks, unsendable_dtype
 from .errors import ValidationError
-from .generated import Fragment, unique_prefix
+from .generated import Fragment, function_of, unique_prefix
 
 __all__ = [
     "MISSING",
@@ -890,25 +890,44 @@ def _spec_key(spec: object) -> Hashable | None:
 
 
 def _build_check(node: Node) -> Callable[[Any], bool]:
+    if isinstance(node, FieldsNode):
+        # The lines connections compile into their per-message functions, on their own.
+        check: Callable[[Any], bool] = function_of(
+            check_source(node, "x", "return False"), "x", "True", "check"
+        )
+        return check
+    cg = CodeGen()
+    return cg.build(cg.check_function(node))
+
+
+def check_source(node: Node, value: str, invalid: str) -> Fragment:
+    """``node``'s check as lines of a generated function (see ``generated.py``): they run
+    the line ``invalid`` when the local ``value`` fails it. A dict model's exact-type
+    expression comes first; anything it cannot vouch for (a subclass, an optional key,
+    a missing key raising KeyError) goes to the full check, which alone decides."""
     cg = CodeGen()
     full = cg.check_function(node)
+    prefix = unique_prefix()
     if not isinstance(node, FieldsNode):
-        return cg.build(full)
-    # The entry point tries the exact-type expression first; anything it cannot vouch
-    # for (a subclass, an optional key, a missing key raising KeyError) goes to the
-    # full check, which alone decides. Names are bound as defaults: local lookups.
-    fast = node.fast(cg, "x")
-    bound = ["type=type", "len=len", "dict=dict", "str=str", "int=int", "float=float"]
-    bound += [f"{name}={name}" for name in cg.ns if name.startswith("_c")]
-    cg.defs += [
-        f"def _entry(x, {', '.join(bound)}):",
-        "    try:",
-        f"        if {fast}: return True",
-        "    except Exception:",
-        "        pass",
-        f"    return {full}(x)",
-    ]
-    return cg.build("_entry")
+        cg.build(full)
+        call = (f"if not {prefix}full({value}):", f"    {invalid}")
+        return Fragment(call, {f"{prefix}full": cg.ns[full]})
+    fast = node.fast(cg, value)
+    cg.build(full)
+    ok = f"{prefix}ok"
+    lines = (
+        "try:",
+        f"    {ok} = {fast}",
+        "except Exception:",  # a missing key, say: the full check explains it
+        f"    {ok} = False",
+        f"if not {ok} and not {prefix}full({value}):",
+        f"    {invalid}",
+    )
+    # The consts and check functions the expression names are unique to this CodeGen
+    # (numbered from one counter shared by all); MISSING is one object.
+    names = {key: obj for key, obj in cg.ns.items() if key != "__builtins__"}
+    names[f"{prefix}full"] = cg.ns[full]
+    return Fragment(lines, names)
 
 
 class Validator:
@@ -951,35 +970,12 @@ class Validator:
         )
 
     def source(self, value: str, invalid: str) -> Fragment:
-        """The check as lines of a generated function (see ``generated.py``): they run
-        the line ``invalid`` when the local ``value`` fails it, as ``check`` would
-        return False. The exact-type expression is written out; what it cannot vouch
-        for goes to the full check, which alone decides."""
+        """The check as lines of a generated function (see :func:`check_source`): they
+        run the line ``invalid`` when the local ``value`` fails it, as ``check`` would
+        return False."""
         if self.unchecked:
             return Fragment((), {})
-        cg = CodeGen()
-        full = cg.check_function(self.node)
-        prefix = unique_prefix()
-        if not isinstance(self.node, FieldsNode):
-            cg.build(full)
-            call = (f"if not {prefix}full({value}):", f"    {invalid}")
-            return Fragment(call, {f"{prefix}full": cg.ns[full]})
-        fast = self.node.fast(cg, value)
-        cg.build(full)
-        ok = f"{prefix}ok"
-        lines = (
-            "try:",
-            f"    {ok} = {fast}",
-            "except Exception:",  # a missing key, say: the full check explains it
-            f"    {ok} = False",
-            f"if not {ok} and not {prefix}full({value}):",
-            f"    {invalid}",
-        )
-        # The consts and check functions the expression names are unique to this
-        # CodeGen (numbered from one counter shared by all); MISSING is one object.
-        names = {key: obj for key, obj in cg.ns.items() if key != "__builtins__"}
-        names[f"{prefix}full"] = cg.ns[full]
-        return Fragment(lines, names)
+        return check_source(self.node, value, invalid)
 
     def error_from_detail(self, detail: str) -> ValidationError:
         return ValidationError(
