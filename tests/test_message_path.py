@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from service_framework.generated import Fragment
 from service_framework.observe import ConnectionStats
 from service_framework.pipeline import Entry, Receiver, compile_delivery
 
@@ -114,9 +115,10 @@ def test_an_entry_cannot_replace_the_pipelines_own_names() -> None:
         logging.getLogger("test"),
     )
 
-    def decode(frame: Any) -> Any:
+    def as_message(frame: Any) -> Any:
         return types.SimpleNamespace(args=frame, workflow_id="w")
 
+    decode = Fragment.call("message", as_message, "frame")
     entry = Entry(decode, lambda frame: "w", names={"handler": print})
     with pytest.raises(ValueError, match=r"must not replace the pipeline's: \['handler'\]"):
         compile_delivery(receiver, answer=None, refuse=lambda *a: None, scope=None, entry=entry)

@@ -94,11 +94,10 @@ class Entry:
     frame - decode, deliver, send - is one call (each call is a function, its code and
     cells to fetch, and after a blocking receive they are fetched cache-cold).
 
-    The function takes the ``frame``. ``decode(frame)`` returns the message (with
-    ``args`` and ``workflow_id``) or raises ``DecodeError``/``ValidationError`` - or
-    ``decode`` is the codec's lines doing that, setting ``message`` (a
-    ``generated.Fragment``: no call at all); a frame that does not decode is rejected
-    under ``workflow_id_of(frame)``. ``guard``: lines
+    The function takes the ``frame``. ``decode``: the codec's lines that set
+    ``message`` (with ``args`` and ``workflow_id``) from it or raise
+    ``DecodeError``/``ValidationError`` (a ``generated.Fragment``); a frame that does not
+    decode is rejected under ``workflow_id_of(frame)``. ``guard``: lines
     run before the decode, which may return early (a multi-frame message refused);
     ``after``: lines run on the decoded ``message`` before its delivery (a subscriber's
     sequence check). Both may use ``names``, ``reject`` (the delivery's) and ``send``.
@@ -107,7 +106,7 @@ class Entry:
     checked ``result`` and ``workflow_id``, in place of the ``answer`` callable (which
     may then be None); they may raise, as it may."""
 
-    decode: Callable[[Any], Any] | Fragment
+    decode: Fragment
     workflow_id_of: Callable[[Any], str]
     guard: tuple[str, ...] = ()
     after: tuple[str, ...] = ()
@@ -246,21 +245,17 @@ def compile_delivery(
         f"    return {out}(fail(error, {workflow}, {took}))",
     ]
     body += [*after, *counting["handled"], f"return {out}({'None' if ignored else 'reply'})"]
-    lines = ["def deliver(args, workflow_id):"]
-    if entry is not None:
-        decoding = (
-            entry.decode
-            if isinstance(entry.decode, Fragment)
-            else Fragment.call("message", entry.decode, "frame")
-        )
+    if entry is None:
+        lines = ["def deliver(args, workflow_id):"]
+    else:
         own = {"reject": reject, "send": entry.send, "workflow_id_of": entry.workflow_id_of}
         taken = sorted(set(entry.names) & {*names, *own})
         if taken:
             raise ValueError(f"an entry's names must not replace the pipeline's: {taken}")
-        merge(names, entry.names, own, decoding.names)
+        merge(names, entry.names, own, entry.decode.names)
         decode = [
             "try:",
-            *indent(decoding.lines),
+            *indent(entry.decode.lines),
             "except CHECK_FAILED as error:",
             f"    return {out}(reject(error, workflow_id_of(frame)))",
         ]
