@@ -164,8 +164,9 @@ def await_files(paths: Sequence[Path], timeout_s: float, watch: Sequence[Proc]) 
         time.sleep(POLL_S)
 
 
-# kind -> rounds -> (the clients' results, the side's CPU seconds over the window)
-Results = dict[str, list[tuple[list[dict[str, float]], float]]]
+# kind -> rounds -> (the clients' results, the server's and the clients' CPU seconds over the
+# window)
+Results = dict[str, list[tuple[list[dict[str, float]], float, float]]]
 
 
 def measure(
@@ -230,7 +231,7 @@ def measure(
             server_cpu = cpu_seconds(server.pid) - server_cpu
             one = [read_result(path, f"{kind} client") for path in outs]
             # The clients time their own CPU (a client may exit right after its last window).
-            results[kind].append((one, server_cpu + sum(r["cpu_s"] for r in one)))
+            results[kind].append((one, server_cpu, sum(r["cpu_s"] for r in one)))
         rate = {kind: sum(r["rate"] for r in results[kind][-1][0]) for kind in KINDS}
         print(
             f"  round {i}/{rounds}: framework {rate['framework']:>9,.0f}/s   "
@@ -251,13 +252,19 @@ def run(clients: int, seconds: float, rounds: int, warmup: int, framing: str = "
     if results is None:
         return 1
     totals = {
-        kind: [sum(r["rate"] for r in one) for one, _ in runs] for kind, runs in results.items()
+        kind: [sum(r["rate"] for r in one) for one, _, _ in runs] for kind, runs in results.items()
     }
-    # CPU per round trip, us: the side's processes over the window.
-    cpu_us = {
-        kind: [1e6 * cpu / sum(r["count"] for r in one) for one, cpu in runs]
+    # CPU per round trip, us: the side's processes over the window (all, the server alone,
+    # the clients together).
+    parts = {
+        kind: [
+            (1e6 * server / trips, 1e6 * clients / trips)
+            for one, server, clients in runs
+            for trips in [sum(r["count"] for r in one)]
+        ]
         for kind, runs in results.items()
     }
+    cpu_us = {kind: [s + c for s, c in split] for kind, split in parts.items()}
     print()
     print(
         f"request/reply, {clients} client processes against one replyer: round trips per "
@@ -265,20 +272,23 @@ def run(clients: int, seconds: float, rounds: int, warmup: int, framing: str = "
     )
     print(
         f"  {'':<26}{'median/s':>10}{'min/s':>10}{'max/s':>10}{'slowest':>10}{'fastest':>10}"
-        f"{'CPU/trip':>11}"
+        f"{'CPU/trip':>11}{'server':>9}{'clients':>9}"
     )
     bare_label = "bare, framework frames" if framing == "envelope" else "bare pyzmq + msgpack"
     labels = {"framework": "framework (CLI processes)", "bare": bare_label}
     for kind, rates in totals.items():
-        slowest = statistics.median(min(r["rate"] for r in one) for one, _ in results[kind])
-        fastest = statistics.median(max(r["rate"] for r in one) for one, _ in results[kind])
+        slowest = statistics.median(min(r["rate"] for r in one) for one, _, _ in results[kind])
+        fastest = statistics.median(max(r["rate"] for r in one) for one, _, _ in results[kind])
+        server_us = statistics.median(s for s, _ in parts[kind])
+        clients_us = statistics.median(c for _, c in parts[kind])
         print(
             f"  {labels[kind]:<26}{statistics.median(rates):>10,.0f}{min(rates):>10,.0f}"
             f"{max(rates):>10,.0f}{slowest:>10,.0f}{fastest:>10,.0f}"
-            f"{statistics.median(cpu_us[kind]):>8.1f} us"
+            f"{statistics.median(cpu_us[kind]):>8.1f} us{server_us:>9.1f}{clients_us:>9.1f}"
         )
     print("  (slowest/fastest: one client's round trips per second, median over the windows;")
-    print("   CPU/trip: CPU time of the server and every client per round trip, all threads)")
+    print("   CPU/trip: CPU time of the server and every client per round trip, all threads;")
+    print("   server, clients: the same split, us, medians over the windows)")
     print(f"  load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
     cpu_ratio, cpu_line = paired_summary(cpu_us["bare"], cpu_us["framework"])
     print("CPU per round trip, bare / framework (1.0: the framework costs what bare does):")

@@ -655,3 +655,31 @@ def test_a_forked_child_makes_workflow_ids_of_its_own() -> None:
     assert parent[1] == f"{stem}-{int(parent[0].rsplit('-', 1)[1]) + 1}"
     assert len(child) == 2 and not any(c.startswith(stem) for c in child)
     assert child[1].endswith("-2")  # a fresh counter too
+
+
+def test_new_workflow_ids_count_up_without_a_gap_across_the_blocks_they_are_made_in() -> None:
+    from service_framework import workflow
+
+    ids = [workflow.new_workflow_id() for _ in range(3 * workflow._ID_BLOCK + 5)]
+    stem, first = ids[0].rsplit("-", 1)
+    assert re.fullmatch(r"[0-9a-f]{12}", stem)
+    assert ids == [f"{stem}-{int(first) + k}" for k in range(len(ids))]
+
+
+def test_threads_taking_new_workflow_ids_at_once_never_get_the_same_one() -> None:
+    from service_framework import workflow
+
+    start = threading.Barrier(4)
+    taken: list[list[str]] = [[] for _ in range(4)]
+
+    def take(mine: list[str]) -> None:
+        start.wait(10)
+        mine.extend(workflow.new_workflow_id() for _ in range(5 * workflow._ID_BLOCK))
+
+    threads = [threading.Thread(target=take, args=(mine,)) for mine in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    every = [i for mine in taken for i in mine]
+    assert len(every) == 20 * workflow._ID_BLOCK == len(set(every))

@@ -104,12 +104,24 @@ def flow_of(workflow_id: str) -> Flow:
 current_flow: ContextVar[Flow | None] = ContextVar("service_framework_flow", default=None)
 
 
+_ID_BLOCK = 256  # ids made at a time
+
+
 def _fresh_ids() -> Callable[[], str]:
     """New ids: a random per-process prefix and a counter, unique across processes and
-    hosts; made in C (``map`` over a count), so the per-message path that reads
-    :data:`next_id` off this module calls no Python function for one."""
-    stem = secrets.token_hex(6) + "-"
-    return map(stem.__add__, map(str, itertools.count(1))).__next__
+    hosts.
+
+    They are made :data:`_ID_BLOCK` at a time, each block a list built in C (``map``
+    over a ``range``, so no other thread runs meanwhile), and handed out one by one:
+    the per-message path that reads :data:`next_id` off this module calls no Python
+    function for one, and takes the next item of a list rather than formatting a
+    number, whose code would be fetched cache-cold for every message when many
+    processes share few cores (``benchmarks/coldpath.py``)."""
+    add = (secrets.token_hex(6) + "-").__add__
+    starts, ends = itertools.count(1, _ID_BLOCK), itertools.count(1 + _ID_BLOCK, _ID_BLOCK)
+    numbers = map(map, itertools.repeat(str), map(range, starts, ends))
+    blocks = map(list, map(map, itertools.repeat(add), numbers))
+    return itertools.chain.from_iterable(blocks).__next__
 
 
 #: The next new workflow's id (:func:`new_workflow_id`). Replaced in a forked child:

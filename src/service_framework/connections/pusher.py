@@ -23,6 +23,7 @@ import zmq
 from ..errors import RequestTimeout
 from ..generated import build, indent, merge
 from ..observe import ConnectionStats, split_stats
+from ..sendlock import Busy
 from ..transport import sender_of
 from .base import (
     ConnectionEnv,
@@ -114,8 +115,10 @@ class Pusher(OutboundConnection):
         )
         names = merge(
             {
-                "acquire": self.lock.acquire,
-                "release": self.lock.release,
+                "take": self.lock.take,
+                "give": self.lock.give,
+                "wait": self.lock.acquire,
+                "Busy": Busy,
                 "conn": self,
                 "timed_out": self.timed_out,
                 "Again": zmq.Again,
@@ -132,14 +135,17 @@ class Pusher(OutboundConnection):
             *indent(framing.lines),  # checked, encoded, within the size limit
             *(indent(debug) if self.env.debug else []),
             # Waiting for another thread's send counts against the timeout too.
-            f"    if not acquire(False) and not acquire(timeout={self.timeout_s!r}):",
-            "        raise timed_out(workflow_id, busy=True)",
+            "    try:",
+            "        take()",
+            "    except Busy:",
+            f"        if not wait(timeout={self.timeout_s!r}):",
+            "            raise timed_out(workflow_id, busy=True)",
             "    try:",
             "        conn._send(frame)",  # SNDTIMEO: zmq.Again when no puller took it
             "    except Again:",
             "        raise timed_out(workflow_id, busy=False) from None",
             "    finally:",
-            "        release()",
+            "        give(True)",
             *indent(ConnectionStats.source("stats")["handled"]),
             *(["    others.on_handled(None)"] if others is not None else []),
         ]

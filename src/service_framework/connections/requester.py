@@ -22,6 +22,7 @@ import zmq
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
 from ..generated import build, indent, merge
 from ..observe import ConnectionStats, split_stats
+from ..sendlock import Busy
 from ..transport import send_bytes
 from ..workflow import NEXT_CALL, next_workflow_id
 from .base import (
@@ -178,8 +179,9 @@ class Requester(OutboundConnection):
         counting = ConnectionStats.source("stats")
         names = merge(
             {
-                "acquire": self.lock.acquire,
-                "release": self.lock.release,
+                "take": self.lock.take,
+                "give": self.lock.give,
+                "Busy": Busy,
                 "wait_for_lock": self._wait_for_lock,
                 "exchange": self._exchange,
                 "remote_error": self._remote,
@@ -211,7 +213,9 @@ class Requester(OutboundConnection):
             *indent(framing.lines),
             *(indent(debug) if self.env.debug else []),
             "    started = now()",
-            "    if not acquire(False):",
+            "    try:",
+            "        take()",
+            "    except Busy:",
             "        wait_for_lock(workflow_id)",  # returns holding it, or raises
             "    try:",
             "        sock = conn.socket",
@@ -229,7 +233,7 @@ class Requester(OutboundConnection):
             "                except Again:",
             "                    reply = exchange(frame, workflow_id, sock)",
             "    finally:",
-            "        release()",
+            "        give(True)",
             "    try:",
             *indent(decode.lines, 8),
             "    except REJECTED:",
