@@ -25,6 +25,7 @@ target, a broker) is a new module registered in ``connections/__init__.py``.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +40,6 @@ from ..logs import RateLimit
 from ..names import host_name_of
 from ..observe import ONE_WAY_TIME_EVERY, ConnectionStats, Observer, Observers
 from ..pipeline import Delivery, Entry, R, Receiver, compile_delivery, rejected_limit
-from ..sendlock import SendLock
 from ..transport import SocketOptions, bind_or_connect, parse_endpoints
 from ..workflow import NEXT_CALL, FlowScope, next_workflow_id
 
@@ -483,7 +483,7 @@ class OutboundConnection(Connection):
 
     def __init__(self, model: ConnectionModel, env: ConnectionEnv) -> None:
         super().__init__(model, env)
-        self.lock = SendLock()  # the generated sends take it (see sendlock.py)
+        self.lock = threading.Lock()
 
     def send(self, args: Any, workflow_id: str) -> Any:
         raise NotImplementedError

@@ -35,7 +35,6 @@ import zmq
 
 from ..generated import build, indent, merge
 from ..observe import ConnectionStats, split_stats
-from ..sendlock import Busy
 from ..transport import sender_of
 from .base import ConnectionEnv, InlineTarget, OutboundConnection, Receiving, Route
 from .subscriber import Subscriber
@@ -224,10 +223,8 @@ class Publisher(OutboundConnection):
         )
         names = merge(
             {
-                "take": self.lock.take,
-                "give": self.lock.give,
-                "wait": self.lock.acquire,
-                "Busy": Busy,
+                "acquire": self.lock.acquire,
+                "release": self.lock.release,
                 "conn": self,
                 "stats": stats,
                 "others": others,
@@ -241,19 +238,16 @@ class Publisher(OutboundConnection):
         lines = [
             "def publish(args, workflow_id):",
             "    global seq",
-            # The number is given and the frame sent under the lock, so frames leave in
-            # the order of their numbers.
-            "    try:",
-            "        take()",
-            "    except Busy:",
-            "        wait()",
+            # acquire/release rather than `with`: half the cost. The number is given and
+            # the frame sent under the lock, so frames leave in the order of their numbers.
+            "    acquire()",
             "    try:",
             *indent(framing.lines, 8),
             *(indent(debug, 8) if self.env.debug else []),
             "        conn._send(frame)",  # XPUB never blocks: beyond sndhwm, drops
             "        seq += 1",
             "    finally:",
-            "        give(True)",
+            "        release()",
             *indent(ConnectionStats.source("stats")["handled"]),
             *(["    others.on_handled(None)"] if others is not None else []),
         ]

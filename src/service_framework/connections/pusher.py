@@ -23,7 +23,6 @@ import zmq
 from ..errors import RequestTimeout
 from ..generated import build, indent, merge
 from ..observe import ConnectionStats, split_stats
-from ..sendlock import Busy
 from ..transport import sender_of
 from .base import (
     ConnectionEnv,
@@ -115,10 +114,8 @@ class Pusher(OutboundConnection):
         )
         names = merge(
             {
-                "take": self.lock.take,
-                "give": self.lock.give,
-                "wait": self.lock.acquire,
-                "Busy": Busy,
+                "acquire": self.lock.acquire,
+                "release": self.lock.release,
                 "conn": self,
                 "timed_out": self.timed_out,
                 "Again": zmq.Again,
@@ -135,17 +132,14 @@ class Pusher(OutboundConnection):
             *indent(framing.lines),  # checked, encoded, within the size limit
             *(indent(debug) if self.env.debug else []),
             # Waiting for another thread's send counts against the timeout too.
-            "    try:",
-            "        take()",
-            "    except Busy:",
-            f"        if not wait(timeout={self.timeout_s!r}):",
-            "            raise timed_out(workflow_id, busy=True)",
+            f"    if not acquire(False) and not acquire(timeout={self.timeout_s!r}):",
+            "        raise timed_out(workflow_id, busy=True)",
             "    try:",
             "        conn._send(frame)",  # SNDTIMEO: zmq.Again when no puller took it
             "    except Again:",
             "        raise timed_out(workflow_id, busy=False) from None",
             "    finally:",
-            "        give(True)",
+            "        release()",
             *indent(ConnectionStats.source("stats")["handled"]),
             *(["    others.on_handled(None)"] if others is not None else []),
         ]

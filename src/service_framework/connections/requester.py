@@ -22,7 +22,6 @@ import zmq
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
 from ..generated import build, indent, merge
 from ..observe import ConnectionStats, split_stats
-from ..sendlock import Busy
 from ..transport import send_bytes
 from ..workflow import NEXT_CALL, next_workflow_id
 from .base import (
@@ -179,9 +178,8 @@ class Requester(OutboundConnection):
         counting = ConnectionStats.source("stats")
         names = merge(
             {
-                "take": self.lock.take,
-                "give": self.lock.give,
-                "Busy": Busy,
+                "acquire": self.lock.acquire,
+                "release": self.lock.release,
                 "wait_for_lock": self._wait_for_lock,
                 "exchange": self._exchange,
                 "remote_error": self._remote,
@@ -213,9 +211,7 @@ class Requester(OutboundConnection):
             *indent(framing.lines),
             *(indent(debug) if self.env.debug else []),
             "    started = now()",
-            "    try:",
-            "        take()",
-            "    except Busy:",
+            "    if not acquire(False):",
             "        wait_for_lock(workflow_id)",  # returns holding it, or raises
             "    try:",
             "        sock = conn.socket",
@@ -233,7 +229,7 @@ class Requester(OutboundConnection):
             "                except Again:",
             "                    reply = exchange(frame, workflow_id, sock)",
             "    finally:",
-            "        give(True)",
+            "        release()",
             "    try:",
             *indent(decode.lines, 8),
             "    except REJECTED:",
