@@ -20,6 +20,7 @@ from service_framework.codec import (
 )
 from service_framework.connections.base import ConnectionEnv
 from service_framework.errors import ValidationError
+from service_framework.generated import build, indent, merge
 from service_framework.models import parse_connection_models
 from service_framework.msgpack_codec import MSGPACK
 from service_framework.validation import Node, Validator
@@ -264,3 +265,37 @@ def test_the_codecs_lines_do_what_their_methods_do() -> None:
     ]
     for frame in frames:
         assert _fields(_outcome(decode, frame)) == _fields(_outcome(one_way.decode, frame))
+
+
+def test_the_lines_of_several_codecs_can_share_one_generated_function() -> None:
+    args = Validator(parse_connection_models("svc", MODELS).inbound["answer"].args.node)
+    returns = parse_connection_models("svc", MODELS).outbound["ask"].returns
+    assert returns is not None
+    one = MSGPACK.request_reply(args, returns)
+    other = MSGPACK.request_reply(args, returns)
+    fragments = [
+        one.encode_request_source("a", "w", "x"),
+        other.encode_request_source("a", "w", "y"),
+        one.encode_reply_source("r", "w", "z"),
+        one.decode_reply_source("z", "d"),
+        other.decode_request_source("y", "e"),
+    ]
+    names = merge({}, *(f.names for f in fragments))  # no two objects under one name
+    both = build(
+        [
+            "def f(a, r, w):",
+            *indent(line for f in fragments for line in f.lines),
+            "    return x, y, d, e",
+        ],
+        names,
+        "test two codecs",
+        "f",
+    )
+    x, y, d, e = both({"n": 1}, {"ok": True}, "w1")
+    assert x == y == one.encode_request({"n": 1}, "w1")
+    assert (d.return_args, d.workflow_id, e.args, e.workflow_id) == (
+        {"ok": True},
+        "w1",
+        {"n": 1},
+        "w1",
+    )

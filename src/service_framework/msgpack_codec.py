@@ -637,12 +637,13 @@ def _too_large_error(what: str, max_bytes: int) -> Callable[[int], DecodeError]:
 
 # The name generated code calls the one encoder by (the same object in every fragment).
 _ENCODE: Final = "_msgpack_encode"
+_ENCODE_FN: Final = _ENCODER.encode  # bound once: merge() tells names apart by identity
 
 
 def _envelope_source(into: str, workflow_id: str, key: str, value: str) -> Fragment:
     """The line that encodes a request or reply envelope (``key``: its payload's key)."""
     envelope = f"{{'v': {ENVELOPE_VERSION}, 'workflow_id': {workflow_id}, {key!r}: {value}}}"
-    return Fragment((f"{into} = {_ENCODE}({envelope})",), {_ENCODE: _ENCODER.encode})
+    return Fragment((f"{into} = {_ENCODE}({envelope})",), {_ENCODE: _ENCODE_FN})
 
 
 class _Decoding:
@@ -912,7 +913,7 @@ class PublishCodec:
                 f"{into} = {_ENCODE}(({p}topic, {ENVELOPE_VERSION}, {workflow_id}, {args}, None, "
                 f"{p}publisher, {seq}))",
             ),
-            {_ENCODE: _ENCODER.encode, f"{p}topic": self._topic, f"{p}publisher": self._publisher},
+            {_ENCODE: _ENCODE_FN, f"{p}topic": self._topic, f"{p}publisher": self._publisher},
         )
 
     def decode_source(self, frame: str, into: str) -> Fragment:
