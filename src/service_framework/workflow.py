@@ -112,11 +112,12 @@ def _fresh_ids() -> Callable[[], str]:
     hosts.
 
     They are made :data:`_ID_BLOCK` at a time, each block a list built in C (``map``
-    over a ``range``, so no other thread runs meanwhile), and handed out one by one:
-    the per-message path that reads :data:`next_id` off this module calls no Python
-    function for one, and takes the next item of a list rather than formatting a
-    number, whose code would be fetched cache-cold for every message when many
-    processes share few cores (``benchmarks/coldpath.py``)."""
+    over a ``range``: no bytecode runs, so under the GIL no other thread takes ids
+    meanwhile), and handed out one by one: the per-message path that reads
+    :data:`next_id` off this module calls no Python function for one, and takes the
+    next item of a list rather than formatting a number, whose code would otherwise be
+    fetched cache-cold for every message when many processes share few cores
+    (``benchmarks/coldlines.py`` counts the lines)."""
     add = (secrets.token_hex(6) + "-").__add__
     starts, ends = itertools.count(1, _ID_BLOCK), itertools.count(1 + _ID_BLOCK, _ID_BLOCK)
     numbers = map(map, itertools.repeat(str), map(range, starts, ends))
