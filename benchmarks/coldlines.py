@@ -41,8 +41,6 @@ import tempfile
 import threading
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SERVICES = HERE / "services"
 PAYLOAD = {"order_id": "ORD-000123", "qty": 3, "price": 101.25, "side": "buy"}
 EXPECTED = {"order_id": "ORD-000123", "total": 303.75}
 WARMUP = 200
@@ -51,31 +49,12 @@ EVENTS = ("Ir", "ILmr", "DLmr", "DLmw")
 KINDS = ("flush", "bare", "framework")
 
 
-def _import_framework() -> None:
-    try:
-        import service_framework  # noqa: F401
-    except ImportError:  # not installed: run against the source tree
-        sys.path.insert(0, str(HERE.parent / "src"))
-    sys.path.insert(0, str(SERVICES))  # the services import bench_models
-
-
 def servers() -> None:
     """Both servers, in this process; prints their ports, then serves until killed."""
     import zmq
+    from coldpath import bare_server, serve_replyer
 
-    _import_framework()
-    from coldpath import bare_server
-
-    from service_framework.runtime import RunOptions, ServiceRuntime
-
-    replyer = ServiceRuntime(
-        SERVICES / "bench_replyer.py",
-        addresses={"in": {"order": {"replyer": "127.0.0.1:0"}}, "out": {}},
-        options=RunOptions(install_signals=False, stop_timeout_s=1.0),
-    )
-    replyer.start()
-    endpoint = replyer.endpoints()["in"]["order"][0].removeprefix("tcp://")
-    threading.Thread(target=replyer.run, daemon=True).start()
+    _, _, endpoint = serve_replyer()
     port: list[int] = []
     bound = threading.Event()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -92,17 +71,9 @@ def client(kind: str, endpoint: str, n: int, flush_bytes: int) -> None:
     import zmq
 
     if kind == "framework":
-        _import_framework()
-        from service_framework.runtime import RunOptions, ServiceRuntime
+        from coldpath import start_requester
 
-        requester = ServiceRuntime(
-            SERVICES / "bench_load_requester.py",
-            config={"windows": 0, "ready_path": "-", "go_prefix": "-", "result_prefix": "-"},
-            addresses={"in": {}, "out": {"order": {"requester": endpoint}}},
-            options=RunOptions(install_signals=False),
-        )
-        requester.start()
-        to_send = requester.to_send
+        to_send = start_requester(endpoint).to_send
         assert to_send is not None
 
         def trip() -> object:

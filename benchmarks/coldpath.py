@@ -71,16 +71,22 @@ def bare_server(
         sock.close(linger=0)
 
 
-def measure(n: int, rounds: int, flush_bytes: int) -> list[tuple[float, float]]:
+def serve_replyer() -> tuple[ServiceRuntime, threading.Thread, str]:
+    """The framework's replyer, its loop in a daemon thread of this process: the
+    runtime, the thread and its ``host:port``."""
     replyer = ServiceRuntime(
         SERVICES / "bench_replyer.py",
         addresses={"in": {"order": {"replyer": "127.0.0.1:0"}}, "out": {}},
         options=RunOptions(install_signals=False, stop_timeout_s=1.0),
     )
     replyer.start()
-    endpoint = replyer.endpoints()["in"]["order"][0].removeprefix("tcp://")
     serving = threading.Thread(target=replyer.run, daemon=True)
     serving.start()
+    return replyer, serving, replyer.endpoints()["in"]["order"][0].removeprefix("tcp://")
+
+
+def start_requester(endpoint: str) -> ServiceRuntime:
+    """A started framework requester of the replyer at ``endpoint``."""
     requester = ServiceRuntime(
         SERVICES / "bench_load_requester.py",
         config={"windows": 0, "ready_path": "-", "go_prefix": "-", "result_prefix": "-"},
@@ -88,6 +94,12 @@ def measure(n: int, rounds: int, flush_bytes: int) -> list[tuple[float, float]]:
         options=RunOptions(install_signals=False),
     )
     requester.start()
+    return requester
+
+
+def measure(n: int, rounds: int, flush_bytes: int) -> list[tuple[float, float]]:
+    replyer, serving, endpoint = serve_replyer()
+    requester = start_requester(endpoint)
     to_send = requester.to_send
     assert to_send is not None
 
