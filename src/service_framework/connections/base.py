@@ -35,10 +35,10 @@ import zmq
 
 from ..codec import DEFAULT_CODEC, Codec
 from ..errors import ValidationError
-from ..generated import Fragment, indent, merge, unique_prefix
+from ..generated import Fragment, build, indent, merge, unique_prefix
 from ..logs import RateLimit
 from ..names import host_name_of
-from ..observe import ONE_WAY_TIME_EVERY, ConnectionStats, Observer, Observers
+from ..observe import ONE_WAY_TIME_EVERY, ConnectionStats, Observer, Observers, split_stats
 from ..pipeline import Delivery, Entry, R, Receiver, compile_delivery, rejected_limit
 from ..transport import SocketOptions, bind_or_connect, parse_endpoints
 from ..workflow import NEXT_CALL, FlowScope, next_workflow_id
@@ -492,6 +492,39 @@ class OutboundConnection(Connection):
         """What ``to_send`` calls for this connection: ``send``, unless the type has a
         cheaper callable that behaves the same."""
         return self.send
+
+    def send_names(self) -> dict[str, Any]:
+        """The names every generated send function (see ``generated.py``) may use: the
+        lock's ``acquire`` and ``release``, the connection as ``conn``, its own
+        ``stats`` and the ``others`` observers (None when there are none; see
+        ``observe.split_stats``), and ``log`` and ``where`` for :meth:`debug_source`."""
+        stats, others = split_stats(self.observer)
+        assert stats is not None  # a connection's own stats are always its first observer
+        return {
+            "acquire": self.lock.acquire,
+            "release": self.lock.release,
+            "conn": self,
+            "stats": stats,
+            "others": others,
+            "log": self.env.log,
+            "where": (self.env.service, self.name),
+        }
+
+    def debug_source(self, verb: str) -> list[str]:
+        """The DEBUG line of a generated send (``<verb> on '<connection>' [<id>]``), or
+        none when the service does not log at DEBUG."""
+        if not self.env.debug:
+            return []
+        return [f"log.debug('%s: {verb} on \\'%s\\' [%s]', *where, workflow_id)"]
+
+    def handled_source(self, names: Mapping[str, Any]) -> list[str]:
+        """The counting of a one-way message sent, over :meth:`send_names`."""
+        others = [] if names["others"] is None else ["others.on_handled(None)"]
+        return [*ConnectionStats.source("stats")["handled"], *others]
+
+    def build_send(self, function: str, lines: Sequence[str], names: dict[str, Any]) -> Any:
+        """Compile a generated send function named ``function``."""
+        return build(lines, names, f"{function} {self.env.service}.{self.name}", function)
 
     def frame_source(self, encode: Fragment, what: str) -> Fragment:
         """Lines of a generated send function (see ``generated.py``) that set ``frame``

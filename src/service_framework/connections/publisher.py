@@ -33,8 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from ..generated import build, indent, merge
-from ..observe import ConnectionStats, split_stats
+from ..generated import indent, merge
 from ..transport import sender_of
 from .base import ConnectionEnv, InlineTarget, OutboundConnection, Receiving, Route
 from .subscriber import Subscriber
@@ -216,25 +215,11 @@ class Publisher(OutboundConnection):
     def _publisher(self) -> Callable[[Any, str], None]:
         """The per-message function, generated once (see ``generated.py``): check,
         number, encode and send, and count, calling no other Python function."""
-        stats, others = split_stats(self.observer)
-        assert stats is not None  # a connection's own stats are always its first observer
         framing = self.frame_source(
             self.codec.encode_source("args", "workflow_id", "seq", "frame"), "message"
         )
-        names = merge(
-            {
-                "acquire": self.lock.acquire,
-                "release": self.lock.release,
-                "conn": self,
-                "stats": stats,
-                "others": others,
-                "log": self.env.log,
-                "where": (self.env.service, self.name),
-                "seq": 0,  # this publisher's next sequence number
-            },
-            framing.names,
-        )
-        debug = ["log.debug('%s: publishing on \\'%s\\' [%s]', *where, workflow_id)"]
+        # "seq": this publisher's next sequence number.
+        names = merge(self.send_names(), {"seq": 0}, framing.names)
         lines = [
             "def publish(args, workflow_id):",
             "    global seq",
@@ -243,16 +228,14 @@ class Publisher(OutboundConnection):
             "    acquire()",
             "    try:",
             *indent(framing.lines, 8),
-            *(indent(debug, 8) if self.env.debug else []),
+            *indent(self.debug_source("publishing"), 8),
             "        conn._send(frame)",  # XPUB never blocks: beyond sndhwm, drops
             "        seq += 1",
             "    finally:",
             "        release()",
-            *indent(ConnectionStats.source("stats")["handled"]),
-            *(["    others.on_handled(None)"] if others is not None else []),
+            *indent(self.handled_source(names)),
         ]
-        what = f"publish {self.env.service}.{self.name}"
-        publish: Callable[[Any, str], None] = build(lines, names, what, "publish")
+        publish: Callable[[Any, str], None] = self.build_send("publish", lines, names)
         return publish
 
     peer = Subscriber

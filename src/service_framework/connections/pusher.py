@@ -21,8 +21,7 @@ from typing import Any
 import zmq
 
 from ..errors import RequestTimeout
-from ..generated import build, indent, merge
-from ..observe import ConnectionStats, split_stats
+from ..generated import indent, merge
 from ..transport import sender_of
 from .base import (
     ConnectionEnv,
@@ -107,30 +106,16 @@ class Pusher(OutboundConnection):
     def _pusher(self) -> Callable[[Any, str], None]:
         """The per-message function, generated once (see ``generated.py``): check,
         encode, send within the timeout, and count, calling no other Python function."""
-        stats, others = split_stats(self.observer)
-        assert stats is not None  # a connection's own stats are always its first observer
         framing = self.frame_source(
             self.codec.encode_source("args", "workflow_id", "0", "frame"), "message"
         )
         names = merge(
-            {
-                "acquire": self.lock.acquire,
-                "release": self.lock.release,
-                "conn": self,
-                "timed_out": self.timed_out,
-                "Again": zmq.Again,
-                "stats": stats,
-                "others": others,
-                "log": self.env.log,
-                "where": (self.env.service, self.name),
-            },
-            framing.names,
+            self.send_names(), {"timed_out": self.timed_out, "Again": zmq.Again}, framing.names
         )
-        debug = ["log.debug('%s: pushing on \\'%s\\' [%s]', *where, workflow_id)"]
         lines = [
             "def push(args, workflow_id):",
             *indent(framing.lines),  # checked, encoded, within the size limit
-            *(indent(debug) if self.env.debug else []),
+            *indent(self.debug_source("pushing")),
             # Waiting for another thread's send counts against the timeout too.
             f"    if not acquire(False) and not acquire(timeout={self.timeout_s!r}):",
             "        raise timed_out(workflow_id, busy=True)",
@@ -140,11 +125,9 @@ class Pusher(OutboundConnection):
             "        raise timed_out(workflow_id, busy=False) from None",
             "    finally:",
             "        release()",
-            *indent(ConnectionStats.source("stats")["handled"]),
-            *(["    others.on_handled(None)"] if others is not None else []),
+            *indent(self.handled_source(names)),
         ]
-        what = f"push {self.env.service}.{self.name}"
-        push: Callable[[Any, str], None] = build(lines, names, what, "push")
+        push: Callable[[Any, str], None] = self.build_send("push", lines, names)
         return push
 
     peer = Puller

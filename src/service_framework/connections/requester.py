@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, cast
 import zmq
 
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
-from ..generated import build, indent, merge
-from ..observe import ConnectionStats, split_stats
+from ..generated import indent, merge
+from ..observe import ConnectionStats
 from ..transport import send_bytes
 from ..workflow import NEXT_CALL, next_workflow_id
 from .base import (
@@ -169,27 +169,19 @@ class Requester(OutboundConnection):
         retries, a refused handshake, a closed or stuck socket) goes to
         :meth:`_exchange`, which carries on from where the straight line stopped.
         """
-        stats, others = split_stats(self.observer)
-        assert stats is not None  # a connection's own stats are always its first observer
         framing = self.frame_source(
             self.codec.encode_request_source("args", "workflow_id", "frame"), "request"
         )
         decode = self.codec.decode_reply_source("reply", "decoded")
         counting = ConnectionStats.source("stats")
         names = merge(
+            self.send_names(),
             {
-                "acquire": self.lock.acquire,
-                "release": self.lock.release,
                 "wait_for_lock": self._wait_for_lock,
                 "exchange": self._exchange,
                 "remote_error": self._remote,
-                "stats": stats,
-                "others": others,
                 "failed": self.observer.on_failed,
-                "conn": self,
                 "now": time.perf_counter_ns,
-                "log": self.env.log,
-                "where": (self.env.service, self.name),
                 "send": send_bytes,
                 "NOBLOCK": zmq.NOBLOCK,
                 "Again": zmq.Again,
@@ -199,17 +191,14 @@ class Requester(OutboundConnection):
             framing.names,
             decode.names,
         )
-        received = list(counting["received"])
-        if others is not None:
-            received.append("others.on_received()")
+        others = names["others"] is not None
+        received = [*counting["received"], *(["others.on_received()"] if others else [])]
         handled = [*counting["handled"], *counting["timing"]]
-        if others is not None:
-            handled.append("others.on_handled(elapsed)")
-        debug = ["log.debug('%s: sending on \\'%s\\' [%s]', *where, workflow_id)"]
+        handled += ["others.on_handled(elapsed)"] if others else []
         lines = [
             "def request(args, workflow_id):",
             *indent(framing.lines),
-            *(indent(debug) if self.env.debug else []),
+            *indent(self.debug_source("sending")),
             "    started = now()",
             "    if not acquire(False):",
             "        wait_for_lock(workflow_id)",  # returns holding it, or raises
@@ -242,8 +231,7 @@ class Requester(OutboundConnection):
             *indent(handled),
             "    return decoded.return_args",
         ]
-        what = f"request {self.env.service}.{self.name}"
-        request: Callable[[Any, str], Any] = build(lines, names, what, "request")
+        request: Callable[[Any, str], Any] = self.build_send("request", lines, names)
         return request
 
     def _wait_for_lock(self, workflow_id: str) -> None:
