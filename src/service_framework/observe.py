@@ -163,9 +163,10 @@ class ConnectionStats:
         """What :meth:`on_received`, :meth:`on_handled` and the timing of a handled
         message do, as Python lines over the stats named ``name`` (the handling time in
         ``elapsed``), for code compiled per connection (``pipeline.compile_delivery``):
-        the same counting, without a call per message."""
+        the same counting, without a call per message. The received count is also
+        left in the local ``received`` (for sampling, without reading it back)."""
         return {
-            "received": [f"{name}.received += 1"],
+            "received": [f"received = {name}.received = {name}.received + 1"],
             "handled": [f"{name}.handled += 1"],
             "timing": [
                 f"{name}.timed += 1",

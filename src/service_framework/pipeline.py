@@ -188,7 +188,7 @@ def compile_delivery(
     elif every:
         names["MASK"] = every - 1
         start, took = (
-            ["started = 0 if stats.received & MASK else now()"],
+            ["started = 0 if received & MASK else now()"],
             ("now() - started if started else None"),
         )
         after = ["if started:", *indent(["elapsed = now() - started", *counting["timing"]])]
