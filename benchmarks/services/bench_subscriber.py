@@ -19,13 +19,6 @@ config_model = {
     "required": {"hwm": int, "ready_path": str, "done_path": str, "result_path": str},
 }
 
-# The counters are module globals: the nearest a handler has to the bare loop's locals
-# (a dict of state would cost the handler twice the bare loop's work per message, which
-# is the handler's choice, not the framework's cost).
-count, first, last, last_seq, cpu_first = 0, 0.0, 0.0, -1, 0.0
-ready, done = False, False
-_perf_counter = time.perf_counter
-
 
 def _touch(path):
     with open(path + ".tmp", "w"):
@@ -33,37 +26,50 @@ def _touch(path):
     os.replace(path + ".tmp", path)
 
 
-def on_tick(args, to_send, config):
-    global count, first, last, last_seq, cpu_first, ready, done
-    phase = args["phase"]
-    if phase == "data":
-        now = _perf_counter()
-        if not count:
-            first = now
-            cpu_first = time.process_time()
-        count += 1
-        last = now
-        last_seq = args["seq"]
-    elif phase == "warmup":
-        if not ready:
-            ready = True
-            _touch(config["ready_path"])
-    elif not done:
-        done = True
-        cpu_s = time.process_time() - cpu_first
-        seconds = last - first
-        with open(config["result_path"], "w") as f:
-            json.dump(
-                {
-                    "count": count,
-                    "seconds": seconds,
-                    "rate": (count - 1) / seconds if seconds > 0 else 0.0,
-                    "last_seq": last_seq,
-                    "cpu_s": cpu_s,
-                },
-                f,
-            )
-        _touch(config["done_path"])
+def _handler():
+    """The handler, its counters in a closure: the nearest a handler has to the bare
+    loop's locals (module globals cost it about 20 ns a message more, a dict of state
+    twice the bare loop's work - the handler's choice, not the framework's cost)."""
+    count, first, last, last_seq, cpu_first = 0, 0.0, 0.0, -1, 0.0
+    ready, done = False, False
+    perf_counter = time.perf_counter
+
+    def on_tick(args, to_send, config):
+        nonlocal count, first, last, last_seq, cpu_first, ready, done
+        phase = args["phase"]
+        if phase == "data":
+            now = perf_counter()
+            if not count:
+                first = now
+                cpu_first = time.process_time()
+            count += 1
+            last = now
+            last_seq = args["seq"]
+        elif phase == "warmup":
+            if not ready:
+                ready = True
+                _touch(config["ready_path"])
+        elif not done:
+            done = True
+            cpu_s = time.process_time() - cpu_first
+            seconds = last - first
+            with open(config["result_path"], "w") as f:
+                json.dump(
+                    {
+                        "count": count,
+                        "seconds": seconds,
+                        "rate": (count - 1) / seconds if seconds > 0 else 0.0,
+                        "last_seq": last_seq,
+                        "cpu_s": cpu_s,
+                    },
+                    f,
+                )
+            _touch(config["done_path"])
+
+    return on_tick
+
+
+on_tick = _handler()
 
 
 connection_models = {
