@@ -28,7 +28,7 @@ Diagnostic: ``--bare-framing envelope`` has the bare publisher write the framewo
 layout (``pubsub.py``'s "sub-bare" side), which the bare subscribers unwrap: the
 framework's bytes on the wire without its checks, sequence check or counters.
 
-Run: ``python benchmarks/pubsub_fanout.py [--n 100000] [--rounds 5] [--subscribers 4]
+Run: ``python benchmarks/pubsub_fanout.py [--n 1000000] [--rounds 5] [--subscribers 4]
 [--hwm 1000] [--bare-framing plain|envelope]``. Every process it starts is stopped on
 exit. Exits 0 after reporting (numbers are not asserted); 1 if the benchmark itself could
 not run (with the failing process's output).
@@ -178,7 +178,9 @@ def run(n: int, rounds: int, subscribers: int, hwm: int, framing: str = "plain")
 
 
 def main() -> int:
-    parser = _harness.parser(__doc__, 100_000, "data messages sent per run")
+    # A million messages: a round of 100,000 lasted a quarter of a second, short enough
+    # for one scheduling hiccup of six processes on two cores to move it by 0.3x.
+    parser = _harness.parser(__doc__, 1_000_000, "data messages sent per run")
     parser.set_defaults(rounds=5)
     parser.add_argument("--subscribers", type=int, default=4, help="subscriber processes")
     parser.add_argument(
