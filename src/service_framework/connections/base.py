@@ -25,7 +25,6 @@ target, a broker) is a new module registered in ``connections/__init__.py``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import zmq
 from ..codec import DEFAULT_CODEC, Codec
 from ..errors import ValidationError
 from ..generated import Fragment, build, indent, merge, unique_prefix
+from ..locks import HandoffLock
 from ..logs import RateLimit
 from ..names import host_name_of
 from ..observe import ONE_WAY_TIME_EVERY, ConnectionStats, Observer, Observers, split_stats
@@ -483,7 +483,7 @@ class OutboundConnection(Connection):
 
     def __init__(self, model: ConnectionModel, env: ConnectionEnv) -> None:
         super().__init__(model, env)
-        self.lock = threading.Lock()
+        self.lock = HandoffLock()
 
     def send(self, args: Any, workflow_id: str) -> Any:
         raise NotImplementedError
@@ -495,14 +495,14 @@ class OutboundConnection(Connection):
 
     def send_names(self) -> dict[str, Any]:
         """The names every generated send function (see ``generated.py``) may use: the
-        lock's ``acquire`` and ``release``, the connection as ``conn``, its own
-        ``stats`` and the ``others`` observers (None when there are none; see
-        ``observe.split_stats``), and ``log`` and ``where`` for :meth:`debug_source`."""
+        lock's pieces (:meth:`HandoffLock.names` under ``lock``, for the lines of
+        :meth:`HandoffLock.source`), the connection as ``conn``, its own ``stats`` and the
+        ``others`` observers (None when there are none; see ``observe.split_stats``), and
+        ``log`` and ``where`` for :meth:`debug_source`."""
         stats, others = split_stats(self.observer)
         assert stats is not None  # a connection's own stats are always its first observer
         return {
-            "acquire": self.lock.acquire,
-            "release": self.lock.release,
+            **self.lock.names("lock"),
             "conn": self,
             "stats": stats,
             "others": others,

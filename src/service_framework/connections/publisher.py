@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ..generated import indent, merge
+from ..locks import HandoffLock
 from ..transport import sender_of
 from .base import ConnectionEnv, InlineTarget, OutboundConnection, Receiving, Route
 from .subscriber import Subscriber
@@ -220,19 +221,23 @@ class Publisher(OutboundConnection):
         )
         # "seq": this publisher's next sequence number.
         names = merge(self.send_names(), {"seq": 0}, framing.names)
+        lock = HandoffLock.source("lock")
         lines = [
             "def publish(args, workflow_id):",
             "    global seq",
-            # acquire/release rather than `with`: half the cost. The number is given and
-            # the frame sent under the lock, so frames leave in the order of their numbers.
-            "    acquire()",
+            # The number is given and the frame sent under the lock, so frames leave in
+            # the order of their numbers.
+            "    try:",
+            *indent(lock["try_take"], 8),
+            "    except IndexError:",
+            "        lock_acquire()",
             "    try:",
             *indent(framing.lines, 8),
             *indent(self.debug_source("publishing"), 8),
             "        conn._send(frame)",  # XPUB never blocks: beyond sndhwm, drops
             "        seq += 1",
             "    finally:",
-            "        release()",
+            *indent(lock["release"], 8),
             *indent(self.handled_source(names)),
         ]
         publish: Callable[[Any, str], None] = self.build_send("publish", lines, names)

@@ -22,6 +22,7 @@ import zmq
 
 from ..errors import RequestTimeout
 from ..generated import indent, merge
+from ..locks import HandoffLock
 from ..transport import sender_of
 from .base import (
     ConnectionEnv,
@@ -112,19 +113,23 @@ class Pusher(OutboundConnection):
         names = merge(
             self.send_names(), {"timed_out": self.timed_out, "Again": zmq.Again}, framing.names
         )
+        lock = HandoffLock.source("lock")
         lines = [
             "def push(args, workflow_id):",
             *indent(framing.lines),  # checked, encoded, within the size limit
             *indent(self.debug_source("pushing")),
             # Waiting for another thread's send counts against the timeout too.
-            f"    if not acquire(False) and not acquire(timeout={self.timeout_s!r}):",
-            "        raise timed_out(workflow_id, busy=True)",
+            "    try:",
+            *indent(lock["try_take"], 8),
+            "    except IndexError:",
+            f"        if not lock_acquire(timeout={self.timeout_s!r}):",
+            "            raise timed_out(workflow_id, busy=True)",
             "    try:",
             "        conn._send(frame)",  # SNDTIMEO: zmq.Again when no puller took it
             "    except Again:",
             "        raise timed_out(workflow_id, busy=False) from None",
             "    finally:",
-            "        release()",
+            *indent(lock["release"], 8),
             *indent(self.handled_source(names)),
         ]
         push: Callable[[Any, str], None] = self.build_send("push", lines, names)

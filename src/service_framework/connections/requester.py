@@ -21,6 +21,7 @@ import zmq
 
 from ..errors import DecodeError, HandshakeRefused, RemoteError, RequestTimeout, ValidationError
 from ..generated import indent, merge
+from ..locks import HandoffLock
 from ..observe import ConnectionStats
 from ..transport import send_bytes
 from ..workflow import NEXT_CALL, next_workflow_id
@@ -174,6 +175,7 @@ class Requester(OutboundConnection):
         )
         decode = self.codec.decode_reply_source("reply", "decoded")
         counting = ConnectionStats.source("stats")
+        lock = HandoffLock.source("lock")
         names = merge(
             self.send_names(),
             {
@@ -200,7 +202,9 @@ class Requester(OutboundConnection):
             *indent(framing.lines),
             *indent(self.debug_source("sending")),
             "    started = now()",
-            "    if not acquire(False):",
+            "    try:",
+            *indent(lock["try_take"], 8),
+            "    except IndexError:",  # another thread holds it
             "        wait_for_lock(workflow_id)",  # returns holding it, or raises
             "    try:",
             "        sock = conn.socket",
@@ -218,7 +222,7 @@ class Requester(OutboundConnection):
             "                except Again:",
             "                    reply = exchange(frame, workflow_id, sock)",
             "    finally:",
-            "        release()",
+            *indent(lock["release"], 8),
             "    try:",
             *indent(decode.lines, 8),
             "    except REJECTED:",
