@@ -171,6 +171,25 @@ class TestRequests:
         envelope = msgspec.msgpack.decode(MessageCodec.encode_request({"a": 1}, "w"))
         assert envelope == {"v": 1, "workflow_id": "w", "args": {"a": 1}}
 
+    def test_request_and_reply_frames_are_the_documented_maps_byte_for_byte(
+        self, codec: MessageCodec
+    ) -> None:
+        # The generated lines and the methods write the maps of the README, keys in
+        # this order, as another msgpack writer lays them out.
+        import msgpack
+
+        from service_framework.generated import function_of
+
+        send = function_of(codec.encode_request_source("a", "w", "out"), "a, w", "out", "t")
+        reply = function_of(codec.encode_reply_source("r", "w", "out"), "r, w", "out", "t")
+        args, result = {"sku": "s1", "qty": 2, "tags": ["a"]}, {"total": 1.5}
+        request = {"v": 1, "workflow_id": "wf-9_2", "args": args}
+        answer = {"v": 1, "workflow_id": "wf-9_2", "return_args": result}
+        for frame in (MessageCodec.encode_request(args, "wf-9_2"), send(args, "wf-9_2")):
+            assert frame == msgpack.packb(request)
+        for frame in (MessageCodec.encode_reply(result, "wf-9_2"), reply(result, "wf-9_2")):
+            assert frame == msgpack.packb(answer)
+
     def test_unencodable_args_raise_type_error(self) -> None:
         with pytest.raises(TypeError):
             MessageCodec.encode_request({"x": object()}, "w")
