@@ -104,25 +104,30 @@ def flow_of(workflow_id: str) -> Flow:
 current_flow: ContextVar[Flow | None] = ContextVar("service_framework_flow", default=None)
 
 
-_ID_BLOCK = 256  # ids made at a time
+_ID_BLOCK = 100  # ids per stem, which two digits complete (see _fresh_ids)
+_FIRST_ENDS = tuple(map(str, range(_ID_BLOCK)))  # "0" .. "99": ids 1 .. 99
+_ENDS = tuple(f"{n:02d}" for n in range(_ID_BLOCK))  # "00" .. "99": after a stem
 
 
 def _fresh_ids() -> Callable[[], str]:
     """New ids: a random per-process prefix and a counter, unique across processes and
-    hosts.
+    hosts (``<12 hex digits>-<n>``, n = 1, 2, ...).
 
-    They are made :data:`_ID_BLOCK` at a time, each block a list built in C (``map``
-    over a ``range``: no bytecode runs, so under the GIL no other thread takes ids
-    meanwhile), and handed out one by one: the per-message path that reads
-    :data:`next_id` off this module calls no Python function for one, and takes the
-    next item of a list rather than formatting a number, whose code would otherwise be
-    fetched cache-cold for every message when many processes share few cores
-    (``benchmarks/coldlines.py`` counts the lines)."""
-    add = (secrets.token_hex(6) + "-").__add__
-    starts, ends = itertools.count(1, _ID_BLOCK), itertools.count(1 + _ID_BLOCK, _ID_BLOCK)
-    numbers = map(map, itertools.repeat(str), map(range, starts, ends))
-    blocks = map(list, map(map, itertools.repeat(add), numbers))
-    return itertools.chain.from_iterable(blocks).__next__
+    No number is formatted per id. Ids 1 to 99 are the prefix plus one of "1" .. "99";
+    after them each hundred is a stem (the prefix and ``n // 100``, formatted once)
+    plus one of "00" .. "99": one concatenation per id, half the cost of ``str(n)``
+    and then the prefix. They are made a hundred at a time, each hundred a list built
+    in C (no bytecode runs, so under the GIL no other thread takes ids meanwhile), and
+    handed out one by one: the per-message path that reads :data:`next_id` off this
+    module calls no Python function for one and takes the next item of a list, so no
+    formatting code is fetched cache-cold per message when many processes share few
+    cores (``benchmarks/coldlines.py`` counts the lines)."""
+    prefix = secrets.token_hex(6) + "-"
+    first = list(map(prefix.__add__, _FIRST_ENDS[1:]))
+    stems = map(prefix.__add__, map(str, itertools.count(1)))
+    adds = map(getattr, stems, itertools.repeat("__add__"))
+    hundreds = map(list, map(map, adds, itertools.repeat(_ENDS)))
+    return itertools.chain(first, itertools.chain.from_iterable(hundreds)).__next__
 
 
 #: The next new workflow's id (:func:`new_workflow_id`). Replaced in a forked child:
