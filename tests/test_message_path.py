@@ -118,7 +118,8 @@ def test_an_entry_cannot_replace_the_pipelines_own_names() -> None:
     def as_message(frame: Any) -> Any:
         return types.SimpleNamespace(args=frame, workflow_id="w")
 
-    decode = Fragment.call("message", as_message, "frame")
+    call = Fragment.call("message", as_message, "frame")
+    decode = Fragment((*call.lines, "args = message.args"), call.names)  # and the args
     entry = Entry(decode, lambda frame: "w", names={"handler": print})
     with pytest.raises(ValueError, match=r"must not replace the pipeline's: \['handler'\]"):
         compile_delivery(receiver, answer=None, refuse=lambda *a: None, scope=None, entry=entry)

@@ -128,15 +128,18 @@ class RequestReplyCodec(Protocol):
 
     # The same four as lines of a connection's generated per-message function (see
     # generated.py): each sets the local ``into`` from the locals it is given, or
-    # raises as its method does. A codec without lines of its own returns
-    # ``Fragment.call(into, method, ...)``.
+    # raises as its method does; a decode also sets the local it is given last to the
+    # payload as plain values (``args``; ``result``: the return args, or None for an
+    # error reply), as its method's result holds them. A codec without lines of its
+    # own returns ``Fragment.call(into, method, ...)``, plus a line reading the payload
+    # off ``into`` for a decode.
     def encode_request_source(self, args: str, workflow_id: str, into: str) -> Fragment: ...
 
-    def decode_request_source(self, frame: str, into: str) -> Fragment: ...
+    def decode_request_source(self, frame: str, into: str, args: str) -> Fragment: ...
 
     def encode_reply_source(self, return_args: str, workflow_id: str, into: str) -> Fragment: ...
 
-    def decode_reply_source(self, frame: str, into: str) -> Fragment: ...
+    def decode_reply_source(self, frame: str, into: str, result: str) -> Fragment: ...
 
 
 class OneWayCodec(Protocol):
@@ -159,7 +162,7 @@ class OneWayCodec(Protocol):
     # encode and decode as lines of a generated function (as RequestReplyCodec's).
     def encode_source(self, args: str, workflow_id: str, seq: str, into: str) -> Fragment: ...
 
-    def decode_source(self, frame: str, into: str) -> Fragment: ...
+    def decode_source(self, frame: str, into: str, args: str) -> Fragment: ...
 
 
 class Codec(Protocol):

@@ -95,7 +95,7 @@ class Entry:
     cells to fetch, and after a blocking receive they are fetched cache-cold).
 
     The function takes the ``frame``. ``decode``: the codec's lines that set
-    ``message`` (with ``args`` and ``workflow_id``) from it or raise
+    ``message`` (with its ``workflow_id``) and ``args`` (its args, plain) from it or raise
     ``DecodeError``/``ValidationError`` (a ``generated.Fragment``); a frame that does not
     decode is rejected under ``workflow_id_of(frame)``. ``guard``: lines
     run before the decode, which may return early (a multi-frame message refused);
@@ -262,7 +262,7 @@ def compile_delivery(
         lines = [
             "def deliver(frame):",
             *indent([*entry.guard, *decode, *entry.after]),
-            "    args, workflow_id = message.args, message.workflow_id",
+            "    workflow_id = message.workflow_id",
         ]
     lines += indent(enter)
     if scope is not None:

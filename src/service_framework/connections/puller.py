@@ -65,7 +65,7 @@ class Puller(InboundConnection):
         # what it meant must not be half-done. Whether more frames follow is read off
         # the frame (see socket_reader).
         entry = Entry(
-            self.codec.decode_source("frame", "message"),
+            self.codec.decode_source("frame", "message", "args"),
             workflow_id_of,
             guard=("if frame.more:", "    return refuse_multipart(frame)"),
             names={"refuse_multipart": refuse_multipart},

@@ -86,7 +86,7 @@ class Replyer(InboundConnection):
             "({} if result is None else result)", "workflow_id", "reply"
         )
         entry = Entry(
-            self.codec.decode_request_source("frame", "message"),
+            self.codec.decode_request_source("frame", "message", "args"),
             workflow_id_of,
             guard=("if frame.more:", "    return send(refuse_multipart(frame))"),
             names={

@@ -173,7 +173,7 @@ class Requester(OutboundConnection):
         framing = self.frame_source(
             self.codec.encode_request_source("args", "workflow_id", "frame"), "request"
         )
-        decode = self.codec.decode_reply_source("reply", "decoded")
+        decode = self.codec.decode_reply_source("reply", "decoded", "result")
         counting = ConnectionStats.source("stats")
         lock = HandoffLock.source("lock")
         names = merge(
@@ -233,7 +233,7 @@ class Requester(OutboundConnection):
             "        raise remote_error(decoded.error, workflow_id)",
             "    elapsed = now() - started",
             *indent(handled),
-            "    return decoded.return_args",
+            "    return result",
         ]
         request: Callable[[Any, str], Any] = self.build_send("request", lines, names)
         return request

@@ -172,7 +172,7 @@ class Subscriber(InboundConnection):
         # ``last`` and ``expected``: the publisher heard last and the number its next
         # message should carry (the function's own globals).
         entry = Entry(
-            self.codec.decode_source("frame", "message"),
+            self.codec.decode_source("frame", "message", "args"),
             self.codec.workflow_id_of,
             after=(
                 "global last, expected",
