@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from conftest import wait_until
 from service_framework import locks
 from service_framework.generated import build, indent
 from service_framework.locks import HandoffLock
@@ -20,26 +21,16 @@ from service_framework.locks import HandoffLock
 
 def inlined(lock: HandoffLock, body: Callable[[], None]) -> Callable[[], None]:
     """``body`` under ``lock`` in the form generated sends use (HandoffLock.source)."""
-    lines = HandoffLock.source("lock")
+    lines = HandoffLock.source("lock", ["lock_acquire()"])
     source = [
         "def f():",
-        "    try:",
-        *indent(lines["try_take"], 8),
-        "    except IndexError:",
-        "        lock_acquire()",
+        *indent(lines["acquire"]),
         "    try:",
         "        body()",
         "    finally:",
         *indent(lines["release"], 8),
     ]
     return build(source, {**lock.names("lock"), "body": body}, "test lock", "f")  # type: ignore[no-any-return]
-
-
-def until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.001)
 
 
 def test_one_holder_at_a_time_in_both_forms() -> None:
@@ -94,13 +85,13 @@ def test_a_release_hands_the_lock_to_the_thread_queued_first() -> None:
 
     first = threading.Thread(target=wait, args=("first",), daemon=True)
     first.start()
-    until(lambda: len(lock.waiters) == 1)
+    assert wait_until(lambda: len(lock.waiters) == 1, timeout=10, interval=0.001)
     second = threading.Thread(target=wait, args=("second",), daemon=True)
     second.start()
-    until(lambda: len(lock.waiters) == 2)
+    assert wait_until(lambda: len(lock.waiters) == 2, timeout=10, interval=0.001)
     # Given back as a generated send does: the first waiter owns it at once, so a thread
     # that goes straight back for it (a tight send loop) cannot take it first.
-    exec("\n".join(HandoffLock.source("lock")["release"]), dict(fast))
+    exec("\n".join(HandoffLock.source("lock", [])["release"]), dict(fast))
     with pytest.raises(IndexError):
         lock.take()
     assert not lock.acquire(blocking=False)
@@ -144,8 +135,8 @@ def test_a_wait_interrupted_by_a_signal_handler_leaves_the_queue() -> None:
         raise Interrupted
 
     def signal_the_waiter() -> None:
-        until(lambda: len(lock.waiters) == 1)
-        signal.pthread_kill(main, signal.SIGUSR1)
+        if wait_until(lambda: len(lock.waiters) == 1, timeout=10, interval=0.001):
+            signal.pthread_kill(main, signal.SIGUSR1)
 
     previous = signal.signal(signal.SIGUSR1, interrupt)
     try:

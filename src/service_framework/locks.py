@@ -23,7 +23,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
+
+from .generated import indent
 
 __all__ = ["HandoffLock"]
 
@@ -46,13 +49,12 @@ class HandoffLock:
         self.put = self._token.append
 
     @staticmethod
-    def source(name: str) -> dict[str, list[str]]:
-        """Lines for generated code over the names of :meth:`names`: ``try_take``
-        raises ``IndexError`` when the lock is held (a ``try`` around it, the slow path
-        in its ``except``, which may wait with ``<name>_acquire``); ``release`` gives it
-        back."""
+    def source(name: str, wait: Sequence[str]) -> dict[str, list[str]]:
+        """Lines for generated code over the names of :meth:`names`: ``acquire`` takes
+        the lock, or runs ``wait`` when another thread holds it (lines that return
+        holding it, e.g. ``<name>_acquire()``, or raise); ``release`` gives it back."""
         return {
-            "try_take": [f"{name}_take()"],
+            "acquire": ["try:", f"    {name}_take()", "except IndexError:", *indent(wait)],
             "release": [
                 f"{name}_put(True)",
                 f"if {name}_waiters:",

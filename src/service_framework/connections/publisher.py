@@ -221,16 +221,13 @@ class Publisher(OutboundConnection):
         )
         # "seq": this publisher's next sequence number.
         names = merge(self.send_names(), {"seq": 0}, framing.names)
-        lock = HandoffLock.source("lock")
+        lock = HandoffLock.source("lock", ["lock_acquire()"])
         lines = [
             "def publish(args, workflow_id):",
             "    global seq",
             # The number is given and the frame sent under the lock, so frames leave in
             # the order of their numbers.
-            "    try:",
-            *indent(lock["try_take"], 8),
-            "    except IndexError:",
-            "        lock_acquire()",
+            *indent(lock["acquire"]),
             "    try:",
             *indent(framing.lines, 8),
             *indent(self.debug_source("publishing"), 8),

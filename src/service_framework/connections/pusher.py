@@ -113,17 +113,19 @@ class Pusher(OutboundConnection):
         names = merge(
             self.send_names(), {"timed_out": self.timed_out, "Again": zmq.Again}, framing.names
         )
-        lock = HandoffLock.source("lock")
+        # Waiting for another thread's send counts against the timeout too.
+        lock = HandoffLock.source(
+            "lock",
+            [
+                f"if not lock_acquire(timeout={self.timeout_s!r}):",
+                "    raise timed_out(workflow_id, busy=True)",
+            ],
+        )
         lines = [
             "def push(args, workflow_id):",
             *indent(framing.lines),  # checked, encoded, within the size limit
             *indent(self.debug_source("pushing")),
-            # Waiting for another thread's send counts against the timeout too.
-            "    try:",
-            *indent(lock["try_take"], 8),
-            "    except IndexError:",
-            f"        if not lock_acquire(timeout={self.timeout_s!r}):",
-            "            raise timed_out(workflow_id, busy=True)",
+            *indent(lock["acquire"]),
             "    try:",
             "        conn._send(frame)",  # SNDTIMEO: zmq.Again when no puller took it
             "    except Again:",

@@ -175,7 +175,8 @@ class Requester(OutboundConnection):
         )
         decode = self.codec.decode_reply_source("reply", "decoded", "result")
         counting = ConnectionStats.source("stats")
-        lock = HandoffLock.source("lock")
+        # Another thread holds it: wait_for_lock returns holding it, or raises.
+        lock = HandoffLock.source("lock", ["wait_for_lock(workflow_id)"])
         names = merge(
             self.send_names(),
             {
@@ -202,10 +203,7 @@ class Requester(OutboundConnection):
             *indent(framing.lines),
             *indent(self.debug_source("sending")),
             "    started = now()",
-            "    try:",
-            *indent(lock["try_take"], 8),
-            "    except IndexError:",  # another thread holds it
-            "        wait_for_lock(workflow_id)",  # returns holding it, or raises
+            *indent(lock["acquire"]),
             "    try:",
             "        sock = conn.socket",
             "        if sock is None:",
