@@ -660,11 +660,14 @@ def _envelope_source(into: str, workflow_id: str, key: str, value: str) -> Fragm
     return Fragment((f"{into} = {_ENCODE}({envelope})",), {_ENCODE: _ENCODE_FN})
 
 
-def _with_plain(fragment: Fragment, field: str) -> Fragment:
-    """A decode's lines (which leave the plain payload in the local ``plain``) followed by
-    putting it back into the envelope ``env`` as ``field``: the callable form returns the
-    envelope alone."""
-    return Fragment((*fragment.lines, f"env.{field} = plain"), fragment.names)
+def _decoder(lines: Callable[[str, str, str], Fragment], field: str, what: str) -> Any:
+    """The callable form of a decode: ``lines(frame, into, plain)`` (a decode's lines,
+    which set ``into`` to the envelope and ``plain`` to its payload as plain values)
+    compiled on their own, the plain payload put back into the envelope as ``field``:
+    ``decode(frame)`` returns the envelope alone."""
+    fragment = lines("frame", "env", "plain")
+    body = Fragment((*fragment.lines, f"env.{field} = plain"), fragment.names)
+    return function_of(body, "frame", "env", f"decode {what}")
 
 
 class _Decoding:
@@ -704,8 +707,11 @@ class _Decoding:
         explained by :meth:`fail`, and ``args`` turned into plain values -
         :meth:`source`'s lines, compiled on their own, the plain args put back into the
         envelope they return."""
-        lines = _with_plain(self.source("frame", "env", max_bytes, what, args="plain"), "args")
-        read: Callable[[Buffer], Any] = function_of(lines, "frame", "env", f"decode {what}")
+        read: Callable[[Buffer], Any] = _decoder(
+            lambda frame, into, plain: self.source(frame, into, max_bytes, what, args=plain),
+            "args",
+            what,
+        )
         return read
 
     def source(
@@ -874,8 +880,9 @@ class MessageCodec:
     def _reply_reader(self) -> Callable[[Buffer], Reply]:
         """``decode_reply(frame)``: :meth:`decode_reply_source`'s lines, compiled on
         their own."""
-        lines = _with_plain(self.decode_reply_source("frame", "env", "plain"), "return_args")
-        decode_reply: Callable[[Buffer], Reply] = function_of(lines, "frame", "env", "decode reply")
+        decode_reply: Callable[[Buffer], Reply] = _decoder(
+            self.decode_reply_source, "return_args", "reply"
+        )
         return decode_reply
 
 
