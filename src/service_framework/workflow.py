@@ -105,7 +105,7 @@ current_flow: ContextVar[Flow | None] = ContextVar("service_framework_flow", def
 
 
 _ID_BLOCK = 100  # ids per stem, which two digits complete (see _fresh_ids)
-_FIRST_ENDS = tuple(map(str, range(_ID_BLOCK)))  # "0" .. "99": ids 1 .. 99
+_FIRST_ENDS = tuple(map(str, range(1, _ID_BLOCK)))  # "1" .. "99": ids 1 .. 99
 _ENDS = tuple(f"{n:02d}" for n in range(_ID_BLOCK))  # "00" .. "99": after a stem
 
 
@@ -123,7 +123,7 @@ def _fresh_ids() -> Callable[[], str]:
     formatting code is fetched cache-cold per message when many processes share few
     cores (``benchmarks/coldlines.py`` counts the lines)."""
     prefix = secrets.token_hex(6) + "-"
-    first = list(map(prefix.__add__, _FIRST_ENDS[1:]))
+    first = list(map(prefix.__add__, _FIRST_ENDS))
     stems = map(prefix.__add__, map(str, itertools.count(1)))
     adds = map(getattr, stems, itertools.repeat("__add__"))
     hundreds = map(list, map(map, adds, itertools.repeat(_ENDS)))
